@@ -1,0 +1,68 @@
+# The two commands of the README: `make run` and `make test`. Everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: run test test-auth test-users test-e2e migrate lock clean keys
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime-installed: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.lock
+	touch $@
+
+.env:
+	$(BIN)/python deploy/write-local-env.py
+
+## make run: both services in the foreground (auth :8001, users :8002); Ctrl-C stops both.
+run: $(VENV)/.runtime-installed
+	$(BIN)/python deploy/write-local-env.py
+	deploy/run-local.sh
+
+## make test: the auth suite, the users suite and the end-to-end suite, each on its own database.
+test: $(VENV)/.dev-installed
+	@$(BIN)/python -m shared.testing
+	@status=0; \
+	$(PYTEST) auth_service/tests || status=1; \
+	$(PYTEST) users_service/tests || status=1; \
+	$(PYTEST) tests || status=1; \
+	exit $$status
+
+test-auth: $(VENV)/.dev-installed
+	$(PYTEST) auth_service/tests
+
+test-users: $(VENV)/.dev-installed
+	$(PYTEST) users_service/tests
+
+test-e2e: $(VENV)/.dev-installed
+	$(PYTEST) tests
+
+migrate: $(VENV)/.runtime-installed
+	$(BIN)/python -m shared.migrate upgrade head
+
+## make lock: re-resolve the pinned versions from pyproject.toml's ranges.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet .
+	(echo "# Exact runtime versions; regenerate with 'make lock'."; .lock-venv/bin/pip freeze --exclude ai-backend-services) > requirements.lock
+	.lock-venv/bin/pip install --quiet ".[dev]"
+	(echo "# Exact test-tool versions on top of requirements.lock; regenerate with 'make lock'."; echo "-r requirements.lock"; \
+	 .lock-venv/bin/pip freeze --exclude ai-backend-services | grep -v -x -F -f requirements.lock) > requirements-dev.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
+
+## make keys [ALG=EdDSA|RS256]: a fresh signing key pair under .keys/ (git-ignored).
+ALG ?= EdDSA
+keys: $(VENV)/.runtime-installed
+	$(BIN)/python deploy/make-keys.py $(ALG) .keys

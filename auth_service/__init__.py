@@ -1,0 +1,1 @@
+"""The auth service: checks credentials and issues access and refresh tokens."""

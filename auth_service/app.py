@@ -1,0 +1,30 @@
+"""The auth service's app factory: `create_app(settings)`; `app` is what gunicorn serves."""
+
+from fastapi import FastAPI
+
+from auth_service.routes import router
+from shared.passwords import PasswordHasher
+from shared.service_app import build_service_app
+from shared.settings import Settings
+from shared.tokens import AccessTokenIssuer
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = build_service_app(
+        settings=settings,
+        title="Auth service",
+        description="Checks credentials and issues access tokens (JWT) and rotating refresh tokens.",
+    )
+    app.state.hasher = PasswordHasher(settings)
+    app.state.issuer = AccessTokenIssuer(settings)
+    app.include_router(router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `auth_service.app:app` for gunicorn, built on first access so importing this module needs no settings.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)

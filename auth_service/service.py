@@ -1,0 +1,163 @@
+"""The auth service's logic: password login, refresh-token rotation with reuse detection, revocation.
+
+Refresh tokens are opaque random strings; only their SHA-256 is stored. Every login starts a family,
+every refresh retires the presented token and adds the next one to the family.
+"""
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from auth_service.throttle import (
+    check_login_allowed,
+    clear_login_failures,
+    record_login_failure,
+    throttle_key_for_username,
+)
+from shared.models import USERNAME_PATTERN, RefreshToken, User
+from shared.passwords import PasswordHasher
+from shared.settings import Settings
+from shared.tokens import AccessTokenIssuer
+
+USERNAME_REGEX = re.compile(USERNAME_PATTERN)
+REFRESH_TOKEN_BYTES = 32
+
+
+class InvalidCredentials(Exception):
+    """Wrong username or password, or an inactive user: one answer for all, so nothing is enumerable."""
+
+
+class InvalidRefreshToken(Exception):
+    """Unknown, expired, revoked or reused refresh token."""
+
+    def __init__(self, *, reuse_detected: bool = False) -> None:
+        super().__init__("invalid refresh token")
+        self.reuse_detected = reuse_detected
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    expires_in: int
+    refresh_token: str
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def issue_token_pair(
+    *, session: Session, settings: Settings, issuer: AccessTokenIssuer, user: User, family_id: str, now: datetime
+) -> TokenPair:
+    """A new access token and a new refresh token in `family_id`; the caller commits."""
+    access = issuer.issue(user_id=user.id, token_version=user.token_version, now=now.timestamp())
+    refresh_token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+    session.add(
+        RefreshToken(
+            token_hash=hash_refresh_token(refresh_token),
+            family_id=family_id,
+            user_id=user.id,
+            issued_at=now,
+            expires_at=now + timedelta(seconds=settings.refresh_token_ttl_seconds),
+        )
+    )
+    return TokenPair(access_token=access.token, expires_in=access.expires_in, refresh_token=refresh_token)
+
+
+def login_with_password(
+    *,
+    session: Session,
+    settings: Settings,
+    hasher: PasswordHasher,
+    issuer: AccessTokenIssuer,
+    username: str,
+    password: str,
+    address: str,
+    now: datetime,
+) -> TokenPair:
+    """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens."""
+    username_key = throttle_key_for_username(username)
+    check_login_allowed(session=session, settings=settings, username_key=username_key, address=address, now=now)
+    user = None
+    if USERNAME_REGEX.fullmatch(username):
+        user = session.scalar(select(User).where(User.username == username.lower()))
+    if user is None:
+        hasher.verify_dummy(password=password)
+        matches, new_hash = False, None
+    else:
+        matches, new_hash = hasher.verify_and_update(password=password, password_hash=user.password_hash)
+    if not matches or user is None or not user.is_active:
+        record_login_failure(session=session, settings=settings, username_key=username_key, address=address, now=now)
+        session.commit()
+        raise InvalidCredentials
+    if new_hash is not None:
+        user.password_hash = new_hash
+    clear_login_failures(session=session, username_key=username_key, address=address)
+    pair = issue_token_pair(
+        session=session, settings=settings, issuer=issuer, user=user, family_id=str(uuid.uuid4()), now=now
+    )
+    session.commit()
+    return pair
+
+
+def refresh_token_pair(
+    *, session: Session, settings: Settings, issuer: AccessTokenIssuer, refresh_token: str, now: datetime
+) -> TokenPair:
+    """Exchanges a live refresh token for a new pair; a second use of a retired token revokes its family."""
+    token_hash = hash_refresh_token(refresh_token)
+    # One conditional UPDATE decides the race: of two concurrent refreshes with one token, one matches.
+    retired = session.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.token_hash == token_hash,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(RefreshToken.family_id, RefreshToken.user_id)
+    ).first()
+    if retired is None:
+        reused = session.scalar(
+            select(RefreshToken.family_id).where(
+                RefreshToken.token_hash == token_hash, RefreshToken.used_at.is_not(None)
+            )
+        )
+        if reused is not None:
+            revoke_family(session=session, family_id=reused, now=now)
+        session.commit()
+        raise InvalidRefreshToken(reuse_detected=reused is not None)
+    user = session.get(User, retired.user_id)
+    if user is None or not user.is_active:
+        revoke_family(session=session, family_id=retired.family_id, now=now)
+        session.commit()
+        raise InvalidRefreshToken
+    pair = issue_token_pair(
+        session=session, settings=settings, issuer=issuer, user=user, family_id=retired.family_id, now=now
+    )
+    session.commit()
+    return pair
+
+
+def revoke_family(*, session: Session, family_id: str, now: datetime) -> None:
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def revoke_refresh_token(*, session: Session, token: str, now: datetime) -> None:
+    """RFC 7009: revokes the token's whole family if it is a refresh token we know; silent otherwise."""
+    family_id = session.scalar(
+        select(RefreshToken.family_id).where(RefreshToken.token_hash == hash_refresh_token(token))
+    )
+    if family_id is not None:
+        revoke_family(session=session, family_id=family_id, now=now)
+        session.commit()

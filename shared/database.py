@@ -1,0 +1,77 @@
+"""The SQLAlchemy engine and sessions, built from Settings; nothing here knows a route."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import Settings
+
+
+def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
+    """An engine whose pool survives Neon suspending its compute and closing idle connections."""
+    database_url = make_url(url or settings.database_url)
+    if database_url.get_backend_name() == "sqlite":
+        return _build_sqlite_engine(database_url.render_as_string(hide_password=False))
+    connect_args: dict[str, object] = {}
+    if "connect_timeout" not in database_url.query:
+        connect_args["connect_timeout"] = settings.db_connect_timeout_seconds
+    engine = create_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_recycle=settings.db_pool_recycle_seconds,
+        connect_args=connect_args,
+    )
+    if settings.db_statement_timeout_ms:
+        _set_statement_timeout(engine, settings.db_statement_timeout_ms)
+    return engine
+
+
+def _set_statement_timeout(engine: Engine, timeout_ms: int) -> None:
+    # A SET on connect, not the `options` startup parameter: PgBouncer (Neon's pooler) refuses unknown startup parameters.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {int(timeout_ms)}")
+        dbapi_connection.commit()
+
+
+def _build_sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    return engine
+
+
+def build_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+def database_answers(engine: Engine) -> bool:
+    """True when a round trip to the database works; what `/readyz` reports."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return True
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = request.app.state.session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]

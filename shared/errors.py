@@ -1,0 +1,136 @@
+"""How every error leaves either service: JSON `{"detail": ...}`, never a trace, SQL or secret.
+
+Also the error body schema and the shared `responses=` entries documented in OpenAPI.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.passwords import PasswordHashingBusy
+from shared.tokens import SigningKeysUnavailable
+
+logger = logging.getLogger("shared.errors")
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+class ErrorBody(BaseModel):
+    """What every error response carries; `error` is an OAuth2 or machine-readable code where one applies."""
+
+    detail: Any
+    error: str | None = None
+
+
+class ApiError(Exception):
+    """An expected failure a route turns into a status, a `detail` and optionally an `error` code."""
+
+    def __init__(
+        self, status_code: int, detail: str, *, error: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.error = error
+        self.headers = headers
+
+
+def error_response(status_code: int, detail: Any, *, error: str | None = None, headers=None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    if error is not None:
+        body["error"] = error
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def documented_errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status code with the error body schema."""
+    descriptions = {
+        400: "Bad request",
+        401: "Missing, invalid or expired credentials",
+        403: "Authenticated but not allowed",
+        404: "Not found",
+        409: "Conflict with an existing resource",
+        413: "Body larger than 64 KiB",
+        415: "Unsupported content type",
+        422: "Malformed or invalid input",
+        429: "Too many failed attempts; see Retry-After",
+        503: "Database or a dependency unavailable; see Retry-After",
+    }
+    return {code: {"model": ErrorBody, "description": descriptions[code]} for code in status_codes}
+
+
+def _validation_errors_without_input(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Pydantic echoes the offending value, which may be a password: keep only where and why.
+    return [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", "invalid"), "type": error.get("type", "invalid")}
+        for error in exc.errors()
+    ]
+
+
+def _is_database_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.detail, error=exc.error, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI answers 400 when its body parser raises (too deeply nested JSON, say); the contract says 422.
+            return error_response(422, [{"loc": ["body"], "msg": "Malformed body", "type": "body_unparsable"}])
+        return error_response(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, _validation_errors_without_input(exc))
+
+    @app.exception_handler(PasswordHashingBusy)
+    async def _busy(_request: Request, _exc: PasswordHashingBusy) -> JSONResponse:
+        return error_response(
+            503, "Too many logins at once; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)}
+        )
+
+    @app.exception_handler(SigningKeysUnavailable)
+    async def _no_keys(_request: Request, _exc: SigningKeysUnavailable) -> JSONResponse:
+        return error_response(
+            503, "Token signing keys unavailable", headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if _is_database_unavailable(exc):
+            logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
+            return error_response(
+                503, "Database unavailable; try again", headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+            )
+        return _internal_error(request, exc)
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_timeout(request: Request, _exc: PoolTimeoutError) -> JSONResponse:
+        logger.warning("database pool exhausted on %s %s", request.method, request.url.path)
+        return error_response(
+            503, "Database busy; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)}
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal_error(request, exc)
+
+
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # The type only: exception messages can carry SQL parameters or user input.
+    logger.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return error_response(500, "Internal server error")

@@ -1,0 +1,98 @@
+"""ASGI middleware both services install: the raw request body checks.
+
+Bodies over the limit get 413 and bodies that are not UTF-8 where UTF-8 is required get 422, before
+any route runs. Form parsing would otherwise turn invalid UTF-8 into replacement characters silently.
+"""
+
+import json
+from urllib.parse import unquote_to_bytes
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UTF8_CONTENT_TYPES = (b"application/json", b"application/x-www-form-urlencoded")
+
+
+class RequestBodyGuardMiddleware:
+    """Reads the body (at most the limit plus one byte) first, checks it, then replays it to the app.
+
+    Reading first means an over-long chunked body is refused before any of it is acted on.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = _content_length(headers)
+        if declared is not None and declared > self.max_body_bytes:
+            await _send_error(send, 413, f"Request body larger than {self.max_body_bytes} bytes")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await _send_error(send, 413, f"Request body larger than {self.max_body_bytes} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body and not _is_valid_utf8_body(headers.get(b"content-type", b""), body):
+            await _send_error(send, 422, [{"loc": ["body"], "msg": "Body is not valid UTF-8", "type": "utf8_invalid"}])
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    try:
+        return int(headers[b"content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _is_valid_utf8_body(content_type: bytes, body: bytes) -> bool:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type not in UTF8_CONTENT_TYPES:
+        return True
+    try:
+        body.decode("utf-8")
+        if media_type == b"application/x-www-form-urlencoded":
+            for field in body.replace(b"+", b" ").replace(b"=", b"&").split(b"&"):
+                unquote_to_bytes(field).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _send_error(send: Send, status: int, detail: object) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,64 @@
+"""Password hashing through passlib (the libpass fork): Argon2id for new hashes, bcrypt still verified.
+
+Argon2 hashes are memory-hard, so the number running at once in a process is bounded here.
+"""
+
+import threading
+
+from passlib.context import CryptContext
+
+from shared.settings import Settings
+
+
+class PasswordHashingBusy(Exception):
+    """Too many password hashes queued in this process; the caller should answer 503."""
+
+
+class PasswordHasher:
+    """Hashes and verifies passwords, with at most `concurrency` Argon2 computations at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._context = CryptContext(
+            schemes=["argon2", "bcrypt"],
+            default="argon2",
+            # Any bcrypt hash (and any argon2 hash with other parameters) is upgraded on the next login.
+            deprecated=["bcrypt"],
+            argon2__type="ID",
+            argon2__memory_cost=settings.argon2_memory_kib,
+            argon2__rounds=settings.argon2_time_cost,
+            argon2__parallelism=settings.argon2_parallelism,
+        )
+        self._slots = threading.BoundedSemaphore(settings.password_hash_concurrency)
+        self._queue_timeout = settings.password_hash_queue_timeout_seconds
+        self._dummy_hash = self._context.hash("dummy password for unknown users")
+
+    def _acquire(self) -> None:
+        if not self._slots.acquire(timeout=self._queue_timeout):
+            raise PasswordHashingBusy
+
+    def hash(self, password: str) -> str:
+        self._acquire()
+        try:
+            return self._context.hash(password)
+        finally:
+            self._slots.release()
+
+    def verify_and_update(self, *, password: str, password_hash: str) -> tuple[bool, str | None]:
+        """(matches, new hash or None): a new hash when the stored one uses outdated parameters."""
+        self._acquire()
+        try:
+            try:
+                return self._context.verify_and_update(password, password_hash)
+            except ValueError:
+                # bcrypt refuses secrets over 72 bytes; such a password never matched a bcrypt hash.
+                return False, None
+        finally:
+            self._slots.release()
+
+    def verify(self, *, password: str, password_hash: str) -> bool:
+        matches, _ = self.verify_and_update(password=password, password_hash=password_hash)
+        return matches
+
+    def verify_dummy(self, *, password: str) -> None:
+        """Spends the time of one real verification, so unknown usernames answer as slowly as known ones."""
+        self.verify(password=password, password_hash=self._dummy_hash)

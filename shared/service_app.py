@@ -1,0 +1,50 @@
+"""The parts of a FastAPI app both services share: engine, error handling, body limit, CORS, health.
+
+Each service's `create_app(settings)` calls `build_service_app` and adds its own routes.
+"""
+
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from shared.database import build_engine, build_session_factory
+from shared.errors import install_error_handlers
+from shared.health import router as health_router
+from shared.middleware import RequestBodyGuardMiddleware
+from shared.settings import Settings
+
+
+def build_service_app(
+    *, settings: Settings, title: str, description: str, on_startup: Callable[[FastAPI], None] | None = None
+) -> FastAPI:
+    engine = build_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Sized with the connection pool (see Settings.effective_threadpool_size and the README).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.effective_threadpool_size
+        if on_startup is not None:
+            await anyio.to_thread.run_sync(on_startup, app)
+        yield
+        engine.dispose()
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = build_session_factory(engine)
+    install_error_handlers(app)
+    app.add_middleware(RequestBodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.effective_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.effective_cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    app.include_router(health_router)
+    return app

@@ -1,0 +1,148 @@
+"""The one Settings class both services read, from the environment and `.env`.
+
+Validation happens here, at start-up: a service with a weak key or a URL it cannot use refuses to start.
+"""
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+# Values people paste from tutorials; refused even when long enough.
+KNOWN_WEAK_SECRETS = {"changeme", "secret", "changethis", "your-secret-key", "jwt-secret"}
+LOCAL_SQLITE_URL = "sqlite:///./var/local.db"
+
+
+def normalise_database_url(url: str) -> str:
+    """Make a pasted PostgreSQL URL use psycopg2, which is what this project ships.
+
+    SQLAlchemy 2.1 would pick psycopg 3 for a bare `postgresql://`, and Neon's console and
+    Heroku-style tools hand out `postgres://`, which SQLAlchemy does not know at all.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def split_comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Configuration of both services; auth-only and users-only fields say so."""
+
+    # hide_input_in_errors: a refused setting must not print the secrets beside it.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
+
+    # "local" is the `make run` developer mode: a SQLite default, docs origins allowed for CORS.
+    app_env: Literal["local", "production"] = "production"
+
+    database_url: str = LOCAL_SQLITE_URL
+    # Neon: the direct (non-pooler) URL for migrations; the pooled one for the services.
+    migration_database_url: str | None = None
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Neon closes idle connections when it suspends a compute; recycle before that bites.
+    db_pool_recycle_seconds: int = Field(default=280, ge=1, le=300)
+    db_connect_timeout_seconds: int = Field(default=10, ge=1, le=60)
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+
+    jwt_secret: str | None = None
+    jwt_algorithm: Literal["HS256", "EdDSA", "RS256"] = "HS256"
+    jwt_private_key_file: Path | None = None
+    # Public keys (or private keys, whose public half is used) of earlier signing keys, still published.
+    jwt_previous_key_files: CommaList = []
+    jwt_public_key_file: Path | None = None
+    jwks_url: str | None = None
+    jwks_cache_seconds: int = Field(default=300, ge=1)
+    jwks_min_refetch_seconds: float = Field(default=10.0, ge=0)
+    jwt_issuer: str = "auth-service"
+    jwt_audience: str = "users-service"
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    access_token_ttl_seconds: int = Field(default=900, ge=1)
+    refresh_token_ttl_seconds: int = Field(default=1_209_600, ge=1)
+
+    # Argon2id; the defaults are OWASP's minimum (19 MiB, 2 passes, 1 lane).
+    argon2_memory_kib: int = Field(default=19_456, ge=8)
+    argon2_time_cost: int = Field(default=2, ge=1)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    # Each Argon2 hash holds its memory while it runs: bound how many run at once per worker.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_queue_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    admin_username: str | None = None
+    admin_password: str | None = None
+
+    login_max_failures_per_username: int = Field(default=5, ge=1)
+    login_max_failures_per_address: int = Field(default=50, ge=1)
+    login_failure_window_seconds: int = Field(default=900, ge=1)
+    trusted_proxies: CommaList = []
+
+    cors_origins: CommaList = []
+    # The auth service's address as browsers see it (the docs' tokenUrl); default: the local run's.
+    auth_public_url: str | None = None
+    auth_port: int = 8001
+    users_port: int = 8002
+
+    max_body_bytes: int = Field(default=65_536, ge=1)
+    # FastAPI runs `def` endpoints in a thread pool; it must not exceed the DB pool (see README).
+    threadpool_size: int | None = Field(default=None, ge=1)
+
+    _split = field_validator("jwt_previous_key_files", "trusted_proxies", "cors_origins", mode="before")(
+        split_comma_list
+    )
+
+    @field_validator("database_url", "migration_database_url")
+    @classmethod
+    def _normalise_url(cls, value: str | None) -> str | None:
+        return normalise_database_url(value) if value else value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Settings":
+        if self.jwt_algorithm == "HS256":
+            self._check_secret()
+        if self.app_env != "local" and self.database_url.startswith("sqlite"):
+            raise ValueError("DATABASE_URL must be set outside local development (SQLite is for `make run` only)")
+        if bool(self.admin_username) != bool(self.admin_password):
+            raise ValueError("ADMIN_USERNAME and ADMIN_PASSWORD go together: set both or neither")
+        return self
+
+    def _check_secret(self) -> None:
+        secret = self.jwt_secret
+        if secret is None:
+            raise ValueError("JWT_SECRET is required with JWT_ALGORITHM=HS256 (`make run` writes one into .env)")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        if secret.lower() in KNOWN_WEAK_SECRETS or len(set(secret)) < 8:
+            raise ValueError("JWT_SECRET is a known or low-entropy value; generate a random one")
+
+    @property
+    def effective_migration_url(self) -> str:
+        return self.migration_database_url or self.database_url
+
+    @cached_property
+    def effective_threadpool_size(self) -> int:
+        """Threads for `def` endpoints: one per pooled connection, so no thread waits on the pool forever."""
+        return self.threadpool_size or self.db_pool_size + self.db_max_overflow
+
+    @property
+    def effective_auth_public_url(self) -> str:
+        return (self.auth_public_url or f"http://127.0.0.1:{self.auth_port}").rstrip("/")
+
+    @property
+    def effective_cors_origins(self) -> list[str]:
+        if self.cors_origins or self.app_env != "local":
+            return self.cors_origins
+        return [f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in (self.auth_port, self.users_port)]

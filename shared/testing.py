@@ -1,0 +1,108 @@
+"""Test support both services' suites and the end-to-end suite use: a throwaway, migrated database.
+
+`python -m shared.testing` prints which database the tests will use (the first line of `make test`).
+Each suite creates its own database from TEST_DATABASE_URL, migrates it with Alembic and drops it.
+Where no PostgreSQL answers, suites run on a SQLite file, except under CI=true, where that is a failure.
+"""
+
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from shared.migrate import upgrade_to_head
+from shared.settings import Settings, normalise_database_url
+
+DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def admin_database_url() -> str:
+    return normalise_database_url(os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL))
+
+
+def postgres_answers(url: str) -> bool:
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+    except OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def new_test_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def create_database(admin_url: str) -> str:
+    """Creates `test_<random>` beside the admin URL's database and returns its URL."""
+    name = f"test_{secrets.token_hex(6)}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, database_url: str) -> None:
+    name = make_url(database_url).database
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated database for this test session, PostgreSQL when one answers."""
+    admin_url = admin_database_url()
+    if postgres_answers(admin_url):
+        url = create_database(admin_url)
+        try:
+            upgrade_to_head(url)
+            yield url
+        finally:
+            drop_database(admin_url, url)
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and no PostgreSQL answers at TEST_DATABASE_URL ({make_url(admin_url).host})")
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{Path(folder) / 'test.db'}"
+        upgrade_to_head(url)
+        yield url
+
+
+def settings_for_tests(database_url: str, **overrides: object) -> Settings:
+    """Settings as production has them, on the test database, with a fresh secret."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "jwt_secret": new_test_secret(),
+        "app_env": "local" if database_url.startswith("sqlite") else "production",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def main() -> None:
+    admin_url = admin_database_url()
+    shown = make_url(admin_url).render_as_string(hide_password=True)
+    if postgres_answers(admin_url):
+        print(f"tests: PostgreSQL at {shown}; each suite makes and drops its own database")
+        return
+    if os.environ.get("CI") == "true":
+        print(f"tests: FAIL: CI=true and no PostgreSQL answers at {shown}")
+        sys.exit(1)
+    print(f"tests: no PostgreSQL answers at {shown}: RUNNING ON SQLITE (set TEST_DATABASE_URL to use PostgreSQL)")
+
+
+if __name__ == "__main__":
+    main()

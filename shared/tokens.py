@@ -1,0 +1,257 @@
+"""Access-token signing (auth service) and checking (users service): keys, `kid`s, JWKS, claims.
+
+Access tokens are JWTs; refresh tokens are opaque and live in the auth service, not here.
+"""
+
+import base64
+import hashlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from shared.settings import Settings
+
+ACCESS_TOKEN_TYPE = "access"
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti", "type"]
+_JWK_ALGORITHM_FOR_KEY = {"EdDSA": jwt.algorithms.OKPAlgorithm, "RS256": jwt.algorithms.RSAAlgorithm}
+
+
+class InvalidAccessToken(Exception):
+    """The bearer token is not one this service accepts; the reason is for logs, never for clients."""
+
+
+class SigningKeysUnavailable(Exception):
+    """No key set could be fetched from JWKS_URL, so no token can be checked; the caller answers 503."""
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: int
+    token_version: int
+    jti: str
+    issued_at: int
+
+
+@dataclass(frozen=True)
+class IssuedAccessToken:
+    token: str
+    expires_in: int
+    jti: str
+
+
+def _hs256_kid(secret: str) -> str:
+    # Derived from the secret so both services agree without configuration; one-way, so it reveals nothing.
+    return hashlib.sha256(b"kid:" + secret.encode()).hexdigest()[:16]
+
+
+def public_jwk(public_key: Any, algorithm: str) -> dict[str, str]:
+    """The JWK of a public key, with an RFC 7638 thumbprint as its `kid`."""
+    jwk = _JWK_ALGORITHM_FOR_KEY[algorithm].to_jwk(public_key, as_dict=True)
+    required = {name: jwk[name] for name in ("crv", "e", "kty", "n", "x") if name in jwk}
+    digest = hashlib.sha256(json.dumps(required, sort_keys=True, separators=(",", ":")).encode()).digest()
+    kid = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    # `use` says what `key_ops` would; one of the two is enough, and some clients choke on both.
+    jwk.pop("key_ops", None)
+    return {**jwk, "kid": kid, "alg": algorithm, "use": "sig"}
+
+
+def _load_public_key(path: Path, algorithm: str) -> Any:
+    """A PEM file's public key; a private key file gives its public half."""
+    data = path.read_bytes()
+    if b"PRIVATE KEY" in data:
+        key = serialization.load_pem_private_key(data, password=None).public_key()
+    else:
+        key = serialization.load_pem_public_key(data)
+    expected = ed25519.Ed25519PublicKey if algorithm == "EdDSA" else rsa.RSAPublicKey
+    if not isinstance(key, expected):
+        raise ValueError(f"{path} does not hold a key for {algorithm}")
+    return key
+
+
+def _static_public_keys(settings: Settings, paths: list[Path]) -> dict[str, Any]:
+    keys = {}
+    for path in paths:
+        key = _load_public_key(Path(path), settings.jwt_algorithm)
+        keys[public_jwk(key, settings.jwt_algorithm)["kid"]] = key
+    return keys
+
+
+class AccessTokenIssuer:
+    """Signs access tokens with the configured key and publishes the public keys as a JWKS."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._algorithm = settings.jwt_algorithm
+        if self._algorithm == "HS256":
+            self._signing_key: Any = settings.jwt_secret
+            self._kid = _hs256_kid(settings.jwt_secret)
+            self._jwks: dict[str, list[dict[str, str]]] = {"keys": []}
+            return
+        if settings.jwt_private_key_file is None:
+            raise ValueError(f"JWT_PRIVATE_KEY_FILE is required with JWT_ALGORITHM={self._algorithm}")
+        self._signing_key = serialization.load_pem_private_key(settings.jwt_private_key_file.read_bytes(), None)
+        current = public_jwk(_load_public_key(settings.jwt_private_key_file, self._algorithm), self._algorithm)
+        self._kid = current["kid"]
+        previous = [
+            public_jwk(key, self._algorithm)
+            for key in _static_public_keys(settings, settings.jwt_previous_key_files).values()
+        ]
+        self._jwks = {"keys": [current, *[jwk for jwk in previous if jwk["kid"] != self._kid]]}
+
+    @property
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return self._jwks
+
+    def issue(self, *, user_id: int, token_version: int, now: float | None = None) -> IssuedAccessToken:
+        issued_at = int(now if now is not None else time.time())
+        ttl = self._settings.access_token_ttl_seconds
+        jti = uuid.uuid4().hex
+        claims = {
+            "sub": str(user_id),
+            "iat": issued_at,
+            "exp": issued_at + ttl,
+            "jti": jti,
+            "iss": self._settings.jwt_issuer,
+            "aud": self._settings.jwt_audience,
+            "type": ACCESS_TOKEN_TYPE,
+            "ver": token_version,
+        }
+        token = jwt.encode(claims, self._signing_key, algorithm=self._algorithm, headers={"kid": self._kid})
+        return IssuedAccessToken(token=token, expires_in=ttl, jti=jti)
+
+
+class JwksKeySource:
+    """Public keys fetched from the auth service's JWKS with `requests`, cached.
+
+    An unknown `kid` triggers a refetch, but at most one per `min_refetch_seconds`, so a flood of
+    tokens with made-up `kid`s cannot turn into a flood of requests to the auth service.
+    """
+
+    def __init__(self, *, url: str, algorithm: str, cache_seconds: float, min_refetch_seconds: float) -> None:
+        self._url = url
+        self._algorithm = algorithm
+        self._cache_seconds = cache_seconds
+        self._min_refetch_seconds = min_refetch_seconds
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = float("-inf")
+        self._last_attempt_at = float("-inf")
+        self._lock = threading.Lock()
+        self.fetch_count = 0
+
+    def key_for(self, kid: str) -> Any | None:
+        now = time.monotonic()
+        stale = now - self._fetched_at > self._cache_seconds
+        if kid not in self._keys or stale:
+            self._refetch(now)
+        if not self._keys:
+            raise SigningKeysUnavailable
+        return self._keys.get(kid)
+
+    def _refetch(self, now: float) -> None:
+        with self._lock:
+            if now - self._last_attempt_at < self._min_refetch_seconds:
+                return
+            self._last_attempt_at = now
+            self.fetch_count += 1
+            try:
+                response = requests.get(self._url, timeout=5)
+                response.raise_for_status()
+                self._keys = self._parse(response.json())
+                self._fetched_at = now
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                # Keep serving the keys we had: an auth service restart must not log everybody out.
+                return
+
+    def _parse(self, document: dict[str, Any]) -> dict[str, Any]:
+        keys = {}
+        for entry in document["keys"]:
+            if entry.get("alg", self._algorithm) != self._algorithm or "kid" not in entry:
+                continue
+            keys[entry["kid"]] = jwt.PyJWK(entry, algorithm=self._algorithm).key
+        return keys
+
+
+class StaticKeySource:
+    def __init__(self, keys: dict[str, Any]) -> None:
+        self._keys = keys
+
+    def key_for(self, kid: str) -> Any | None:
+        return self._keys.get(kid)
+
+
+def build_key_source(settings: Settings) -> StaticKeySource | JwksKeySource:
+    """Where the users service finds the keys it checks signatures with."""
+    if settings.jwt_algorithm == "HS256":
+        return StaticKeySource({_hs256_kid(settings.jwt_secret): settings.jwt_secret})
+    if settings.jwks_url:
+        return JwksKeySource(
+            url=settings.jwks_url,
+            algorithm=settings.jwt_algorithm,
+            cache_seconds=settings.jwks_cache_seconds,
+            min_refetch_seconds=settings.jwks_min_refetch_seconds,
+        )
+    if settings.jwt_public_key_file is None:
+        raise ValueError(f"JWT_PUBLIC_KEY_FILE or JWKS_URL is required with JWT_ALGORITHM={settings.jwt_algorithm}")
+    return StaticKeySource(
+        _static_public_keys(settings, [settings.jwt_public_key_file, *settings.jwt_previous_key_files])
+    )
+
+
+MAX_DATABASE_ID = 2**31 - 1
+
+
+def _is_database_id(subject: object) -> bool:
+    return isinstance(subject, str) and subject.isascii() and subject.isdigit() and 0 < int(subject) <= MAX_DATABASE_ID
+
+
+class AccessTokenVerifier:
+    """Checks an access token strictly: exactly the configured algorithm, a known `kid`, every claim."""
+
+    def __init__(self, settings: Settings, key_source: StaticKeySource | JwksKeySource) -> None:
+        self._settings = settings
+        self._key_source = key_source
+
+    def verify(self, token: str) -> AccessClaims:
+        settings = self._settings
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise InvalidAccessToken(f"unreadable header: {type(error).__name__}") from None
+        # Checked before any key is looked up: `none` and HS256-with-a-public-key never get that far.
+        if header.get("alg") != settings.jwt_algorithm:
+            raise InvalidAccessToken("algorithm not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise InvalidAccessToken("no kid")
+        key = self._key_source.key_for(kid)
+        if key is None:
+            raise InvalidAccessToken("unknown kid")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[settings.jwt_algorithm],
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+                leeway=settings.jwt_leeway_seconds,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.PyJWTError as error:
+            raise InvalidAccessToken(f"rejected: {type(error).__name__}") from None
+        if claims["type"] != ACCESS_TOKEN_TYPE:
+            raise InvalidAccessToken("not an access token")
+        subject, version = claims["sub"], claims.get("ver", 0)
+        if not _is_database_id(subject) or not isinstance(version, int):
+            raise InvalidAccessToken("malformed subject")
+        return AccessClaims(
+            user_id=int(subject), token_version=version, jti=str(claims["jti"]), issued_at=int(claims["iat"])
+        )

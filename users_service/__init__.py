@@ -1,0 +1,1 @@
+"""The users service: user CRUD on PostgreSQL, checking access tokens itself."""

@@ -1,0 +1,69 @@
+"""The users service's app factory: `create_app(settings)`; `app` is what gunicorn serves."""
+
+import logging
+import threading
+import time
+
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.passwords import PasswordHasher
+from shared.service_app import build_service_app
+from shared.settings import Settings
+from shared.tokens import AccessTokenVerifier, build_key_source
+from users_service import service
+from users_service.routes import router
+
+logger = logging.getLogger("users_service")
+ADMIN_RETRY_SECONDS = 5
+
+
+def _bootstrap_admin(app: FastAPI) -> None:
+    """Creates the ADMIN_USERNAME admin; if the database is down at start-up, keeps trying in the background."""
+    settings = app.state.settings
+    if not (settings.admin_username and settings.admin_password):
+        return
+
+    def attempt() -> bool:
+        try:
+            with app.state.session_factory() as session:
+                service.ensure_admin(
+                    session=session,
+                    hasher=app.state.hasher,
+                    username=settings.admin_username,
+                    password=settings.admin_password,
+                )
+            return True
+        except SQLAlchemyError:
+            logger.warning("database unavailable; admin bootstrap retries in %s s", ADMIN_RETRY_SECONDS)
+            return False
+
+    def retry_until_done() -> None:
+        while not attempt():
+            time.sleep(ADMIN_RETRY_SECONDS)
+
+    if not attempt():
+        threading.Thread(target=retry_until_done, name="admin-bootstrap", daemon=True).start()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = build_service_app(
+        settings=settings,
+        title="Users service",
+        description="User accounts. Authorize with an access token from the auth service's POST /token.",
+        on_startup=_bootstrap_admin,
+    )
+    app.state.hasher = PasswordHasher(settings)
+    app.state.key_source = build_key_source(settings)
+    app.state.verifier = AccessTokenVerifier(settings, app.state.key_source)
+    app.include_router(router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `users_service.app:app` for gunicorn, built on first access so importing this module needs no settings.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)
