@@ -1,4 +1,4 @@
-"""The parts of a FastAPI app both services share: engine, error handling, body limit, CORS, health.
+"""The parts of a FastAPI app both services share: engine, error handling, body limit, CORS, health, docs.
 
 Each service's `create_app(settings)` calls `build_service_app` and adds its own routes.
 """
@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from shared.database import build_engine, build_session_factory
+from shared.docs import install_docs
 from shared.errors import install_error_handlers
 from shared.health import router as health_router
 from shared.middleware import RequestBodyGuardMiddleware
@@ -31,7 +32,9 @@ def build_service_app(
         yield
         engine.dispose()
 
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app = FastAPI(
+        title=title, description=description, version="1.0.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = build_session_factory(engine)
@@ -47,4 +50,5 @@ def build_service_app(
             max_age=600,
         )
     app.include_router(health_router)
+    install_docs(app)
     return app

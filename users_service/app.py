@@ -12,6 +12,7 @@ from shared.service_app import build_service_app
 from shared.settings import Settings
 from shared.tokens import AccessTokenVerifier, build_key_source
 from users_service import service
+from users_service.deps import SECURITY_SCHEME_NAME
 from users_service.routes import router
 
 logger = logging.getLogger("users_service")
@@ -58,7 +59,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_source = build_key_source(settings)
     app.state.verifier = AccessTokenVerifier(settings, app.state.key_source)
     app.include_router(router)
+    _point_docs_login_at_auth_service(app, token_url=f"{settings.effective_auth_public_url}/token")
     return app
+
+
+def _point_docs_login_at_auth_service(app: FastAPI, *, token_url: str) -> None:
+    generate_schema = app.openapi
+
+    def openapi() -> dict:
+        schema = generate_schema()
+        schema["components"]["securitySchemes"][SECURITY_SCHEME_NAME]["flows"]["password"]["tokenUrl"] = token_url
+        return schema
+
+    app.openapi = openapi
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -8,12 +8,19 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import OAuth2PasswordBearer
 
 from shared.errors import ApiError
 from shared.tokens import AccessClaims, InvalidAccessToken, StaticKeySource
 
-bearer_scheme = HTTPBearer(auto_error=False, description="An access token from the auth service's POST /token")
+# The docs' "Authorize" logs in at the auth service; create_app puts its public URL into the OpenAPI schema.
+SECURITY_SCHEME_NAME = "AuthServicePassword"
+bearer_scheme = OAuth2PasswordBearer(
+    tokenUrl="/token",
+    scheme_name=SECURITY_SCHEME_NAME,
+    auto_error=False,
+    description="Log in at the auth service's POST /token; the access token is sent as a bearer token.",
+)
 
 
 def unauthorized(detail: str, *, invalid_token: bool = True) -> ApiError:
@@ -21,17 +28,15 @@ def unauthorized(detail: str, *, invalid_token: bool = True) -> ApiError:
     return ApiError(401, detail, error="invalid_token" if invalid_token else None, headers={"WWW-Authenticate": challenge})
 
 
-async def bearer_claims(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
-) -> AccessClaims:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+async def bearer_claims(request: Request, token: Annotated[str | None, Depends(bearer_scheme)]) -> AccessClaims:
+    if not token:
         raise unauthorized("Not authenticated", invalid_token=False)
     verifier = request.app.state.verifier
     try:
         if isinstance(request.app.state.key_source, StaticKeySource):
-            return verifier.verify(credentials.credentials)
+            return verifier.verify(token)
         # A JWKS refetch is blocking I/O: keep it off the event loop.
-        return await run_in_threadpool(verifier.verify, credentials.credentials)
+        return await run_in_threadpool(verifier.verify, token)
     except InvalidAccessToken:
         raise unauthorized("Invalid or expired token") from None
 
