@@ -13,6 +13,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = build_service_app(
         settings=settings,
+        service="auth",
         title="Auth service",
         description="Checks credentials and issues access tokens (JWT) and rotating refresh tokens.",
     )

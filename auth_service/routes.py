@@ -12,6 +12,7 @@ from auth_service.schemas import JwksResponse, TokenResponse
 from auth_service.throttle import LoginThrottled, client_address
 from shared.database import SessionDep
 from shared.errors import ApiError, documented_errors
+from shared.observability import LOGIN_ATTEMPTS, REFRESH_REUSE, set_request_user
 
 router = APIRouter()
 
@@ -25,6 +26,7 @@ def _missing(field: str) -> RequestValidationError:
 
 
 def _token_response(pair: service.TokenPair) -> JSONResponse:
+    set_request_user(pair.user_id)
     body = TokenResponse(access_token=pair.access_token, expires_in=pair.expires_in, refresh_token=pair.refresh_token)
     return JSONResponse(body.model_dump(), headers=NO_STORE)
 
@@ -60,7 +62,9 @@ def issue_token(
             pair = service.refresh_token_pair(
                 session=session, settings=settings, issuer=request.app.state.issuer, refresh_token=refresh_token, now=now
             )
-        except service.InvalidRefreshToken:
+        except service.InvalidRefreshToken as invalid:
+            if invalid.reuse_detected:
+                REFRESH_REUSE.inc()
             raise _unauthorized("Invalid or expired refresh token", error="invalid_grant") from None
         return _token_response(pair)
     for name, value in (("username", username), ("password", password)):
@@ -83,6 +87,7 @@ def issue_token(
             now=now,
         )
     except LoginThrottled as throttled:
+        LOGIN_ATTEMPTS.labels("throttled").inc()
         raise ApiError(
             429,
             "Too many failed login attempts; try again later",
@@ -90,7 +95,9 @@ def issue_token(
             headers={"Retry-After": str(throttled.retry_after_seconds), **NO_STORE},
         ) from None
     except service.InvalidCredentials:
+        LOGIN_ATTEMPTS.labels("failure").inc()
         raise _unauthorized("Incorrect username or password", error="invalid_grant") from None
+    LOGIN_ATTEMPTS.labels("success").inc()
     return _token_response(pair)
 
 

@@ -43,6 +43,7 @@ class InvalidRefreshToken(Exception):
 
 @dataclass(frozen=True)
 class TokenPair:
+    user_id: int
     access_token: str
     expires_in: int
     refresh_token: str
@@ -67,7 +68,9 @@ def issue_token_pair(
             expires_at=now + timedelta(seconds=settings.refresh_token_ttl_seconds),
         )
     )
-    return TokenPair(access_token=access.token, expires_in=access.expires_in, refresh_token=refresh_token)
+    return TokenPair(
+        user_id=user.id, access_token=access.token, expires_in=access.expires_in, refresh_token=refresh_token
+    )
 
 
 def login_with_password(

@@ -5,6 +5,9 @@ GUNICORN_GRACEFUL_TIMEOUT seconds), then exit.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND", f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -19,8 +22,38 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 # The app decides whose X-Forwarded-For to believe (TRUSTED_PROXIES); uvicorn must not rewrite the peer first.
 forwarded_allow_ips = ""
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
-errorlog = "-"
+
 loglevel = os.environ.get("LOG_LEVEL", "info")
 # Gunicorn 25+ opens a control socket at one fixed per-user path; two masters on a host (auth and users
 # under `make run`, or tests) would fight over it, and nothing here uses `gunicornc`.
 control_socket_disable = True
+
+# Metrics from every worker: prometheus_client's multiprocess mode keeps them in files under this folder.
+# It must be set before any worker imports prometheus_client, and emptied so a restart starts from zero.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
+for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+    stale.unlink()
+
+
+def child_exit(_server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(_server) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+# The master's own lines (start, worker boot, signals) as JSON too, like the workers' request lines.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "shared.observability.JsonLogFormatter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "root": {"level": loglevel.upper(), "handlers": ["stdout"]},
+    "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["stdout"], "propagate": False}},
+}

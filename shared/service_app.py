@@ -1,4 +1,4 @@
-"""The parts of a FastAPI app both services share: engine, error handling, body limit, CORS, health, docs.
+"""The parts of a FastAPI app both services share: engine, errors, body limit, CORS, logs, metrics, health, docs.
 
 Each service's `create_app(settings)` calls `build_service_app` and adds its own routes.
 """
@@ -15,13 +15,26 @@ from shared.docs import install_docs
 from shared.errors import install_error_handlers
 from shared.health import router as health_router
 from shared.middleware import RequestBodyGuardMiddleware
+from shared.observability import (
+    RequestObservabilityMiddleware,
+    configure_logging,
+    install_metrics_route,
+    track_pool_usage,
+)
 from shared.settings import Settings
 
 
 def build_service_app(
-    *, settings: Settings, title: str, description: str, on_startup: Callable[[FastAPI], None] | None = None
+    *,
+    settings: Settings,
+    service: str,
+    title: str,
+    description: str,
+    on_startup: Callable[[FastAPI], None] | None = None,
 ) -> FastAPI:
+    configure_logging(settings.log_level)
     engine = build_engine(settings)
+    track_pool_usage(engine, service=service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,6 +62,9 @@ def build_service_app(
             allow_credentials=False,
             max_age=600,
         )
+    # Outermost, so refused bodies and errors are logged and carry the request id too.
+    app.add_middleware(RequestObservabilityMiddleware, service=service)
     app.include_router(health_router)
+    install_metrics_route(app)
     install_docs(app)
     return app

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     users_port: int = 8002
 
     max_body_bytes: int = Field(default=65_536, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # FastAPI runs `def` endpoints in a thread pool; it must not exceed the DB pool (see README).
     threadpool_size: int | None = Field(default=None, ge=1)
 

@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = build_service_app(
         settings=settings,
+        service="users",
         title="Users service",
         description="User accounts. Authorize with an access token from the auth service's POST /token.",
         on_startup=_bootstrap_admin,

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 
 from shared.errors import ApiError
+from shared.observability import set_request_user
 from shared.tokens import AccessClaims, InvalidAccessToken, StaticKeySource
 
 # The docs' "Authorize" logs in at the auth service; create_app puts its public URL into the OpenAPI schema.
@@ -34,11 +35,14 @@ async def bearer_claims(request: Request, token: Annotated[str | None, Depends(b
     verifier = request.app.state.verifier
     try:
         if isinstance(request.app.state.key_source, StaticKeySource):
-            return verifier.verify(token)
-        # A JWKS refetch is blocking I/O: keep it off the event loop.
-        return await run_in_threadpool(verifier.verify, token)
+            claims = verifier.verify(token)
+        else:
+            # A JWKS refetch is blocking I/O: keep it off the event loop.
+            claims = await run_in_threadpool(verifier.verify, token)
     except InvalidAccessToken:
         raise unauthorized("Invalid or expired token") from None
+    set_request_user(claims.user_id)
+    return claims
 
 
 Claims = Annotated[AccessClaims, Depends(bearer_claims)]

@@ -1,0 +1,147 @@
+"""Logs, request ids and Prometheus metrics for both services.
+
+One JSON log line per request on stdout (method, route template, status, duration, request id, user id),
+never a body, a query string or a header value. Metrics work across gunicorn workers through
+prometheus_client's multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (deploy/gunicorn.conf.py does it).
+"""
+
+import contextvars
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+from sqlalchemy import Engine, event
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "x-request-id"
+# Anything else a client sends as a request id is replaced, so logs cannot be forged or split.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# What the current request has learned about itself; a dict so code in worker threads can add to it.
+request_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("request_context", default=None)
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "method", "route"],
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LOGIN_ATTEMPTS = Counter("auth_login_attempts_total", "Password logins by outcome", ["outcome"])
+REFRESH_REUSE = Counter("auth_refresh_token_reuse_detected_total", "Retired refresh tokens presented again")
+DB_POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use", "Database connections checked out of the pool", ["service"], multiprocess_mode="livesum"
+)
+
+
+def set_request_user(user_id: int) -> None:
+    context = request_context.get()
+    if context is not None:
+        context["user_id"] = user_id
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        context = request_context.get()
+        if context is not None:
+            entry["request_id"] = context["request_id"]
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            # The exception type and where it came from; messages may hold user input, so no text.
+            entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stdout for every logger; called once per process."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Replaced by the one line per request below; uvicorn's would log raw paths with query strings.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class RequestObservabilityMiddleware:
+    """Gives every request an id (X-Request-ID), logs one line for it and counts it in the metrics."""
+
+    def __init__(self, app: ASGIApp, *, service: str) -> None:
+        self.app = app
+        self.service = service
+        self.logger = logging.getLogger(f"{service}.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id_from(scope)
+        context = {"request_id": request_id}
+        token = request_context.set(context)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+            method = scope["method"]
+            HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
+            HTTP_LATENCY.labels(self.service, method, route).observe(duration)
+            fields = {"method": method, "route": route, "status": status, "duration_ms": round(duration * 1000, 2)}
+            if "user_id" in context:
+                fields["user_id"] = context["user_id"]
+            self.logger.info("request", extra={"fields": fields})
+            request_context.reset(token)
+
+
+def _request_id_from(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if SANE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def track_pool_usage(engine: Engine, *, service: str) -> None:
+    gauge = DB_POOL_IN_USE.labels(service)
+    event.listen(engine, "checkout", lambda *_: gauge.inc())
+    event.listen(engine, "checkin", lambda *_: gauge.dec())
+
+
+def install_metrics_route(app: FastAPI) -> None:
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(_request: Request) -> Response:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
