@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 from auth_service.routes import router
 from shared.passwords import PasswordHasher
-from shared.service_app import build_service_app
+from shared.service_app import build_service_app, lazy_module_app
 from shared.settings import Settings
 from shared.tokens import AccessTokenIssuer
 
@@ -23,9 +23,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def __getattr__(name: str) -> FastAPI:
-    # `auth_service.app:app` for gunicorn, built on first access so importing this module needs no settings.
-    if name == "app":
-        globals()["app"] = create_app()
-        return globals()["app"]
-    raise AttributeError(name)
+__getattr__ = lazy_module_app(create_app, globals())

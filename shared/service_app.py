@@ -68,3 +68,18 @@ def build_service_app(
     install_metrics_route(app)
     install_docs(app)
     return app
+
+
+def lazy_module_app(create_app: Callable[[], FastAPI], module_globals: dict) -> Callable[[str], FastAPI]:
+    """A module `__getattr__` that builds `app` on first access, for `gunicorn package.app:app`.
+
+    Importing the module (for `create_app`, as tests do) then needs no settings in the environment.
+    """
+
+    def module_getattr(name: str) -> FastAPI:
+        if name != "app":
+            raise AttributeError(name)
+        module_globals["app"] = create_app()
+        return module_globals["app"]
+
+    return module_getattr

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.passwords import PasswordHasher
-from shared.service_app import build_service_app
+from shared.service_app import build_service_app, lazy_module_app
 from shared.settings import Settings
 from shared.tokens import AccessTokenVerifier, build_key_source
 from users_service import service
@@ -75,9 +75,4 @@ def _point_docs_login_at_auth_service(app: FastAPI, *, token_url: str) -> None:
     app.openapi = openapi
 
 
-def __getattr__(name: str) -> FastAPI:
-    # `users_service.app:app` for gunicorn, built on first access so importing this module needs no settings.
-    if name == "app":
-        globals()["app"] = create_app()
-        return globals()["app"]
-    raise AttributeError(name)
+__getattr__ = lazy_module_app(create_app, globals())

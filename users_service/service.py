@@ -46,11 +46,15 @@ def require_admin(actor: User) -> None:
         raise ApiError(403, "Admin rights required", error="forbidden")
 
 
-def _conflict(error: IntegrityError) -> ApiError:
-    # Which unique constraint fired; the database decides, so concurrent sign-ups cannot both win.
-    if "email" in str(error.orig).lower():
-        return ApiError(409, "Email already registered", error="email_taken")
-    return ApiError(409, "Username already taken", error="username_taken")
+def _commit_or_conflict(session: Session) -> None:
+    """Commits; a unique constraint that fires becomes a 409. The database decides, so races have one winner."""
+    try:
+        session.commit()
+    except IntegrityError as error:
+        session.rollback()
+        if "email" in str(error.orig).lower():
+            raise ApiError(409, "Email already registered", error="email_taken") from None
+        raise ApiError(409, "Username already taken", error="username_taken") from None
 
 
 def create_user(*, session: Session, hasher: PasswordHasher, data: UserCreate, is_admin: bool = False) -> User:
@@ -64,11 +68,7 @@ def create_user(*, session: Session, hasher: PasswordHasher, data: UserCreate, i
         token_version=0,
     )
     session.add(user)
-    try:
-        session.commit()
-    except IntegrityError as error:
-        session.rollback()
-        raise _conflict(error) from None
+    _commit_or_conflict(session)
     return user
 
 
@@ -80,6 +80,8 @@ def update_user(
     admin_fields = fields & {"is_active", "is_admin"}
     if admin_fields and not actor.is_admin:
         raise ApiError(403, "Only an admin may set is_active or is_admin", error="forbidden")
+    if any(getattr(data, name) is None for name in admin_fields):
+        raise ApiError(422, "is_active and is_admin must be true or false", error="invalid")
     if "password" in fields and data.password is not None:
         if actor.id != target.id:
             raise ApiError(403, "Only the user itself may change its password", error="forbidden")
@@ -89,20 +91,11 @@ def update_user(
             raise ApiError(400, "current_password is missing or wrong", error="invalid_current_password")
         target.password_hash = hasher.hash(data.password)
         _end_sessions(session=session, user=target)
-    for name in fields & {"email", "full_name"}:
+    for name in fields & {"email", "full_name", "is_active", "is_admin"}:
         setattr(target, name, getattr(data, name))
-    for name in admin_fields:
-        value = getattr(data, name)
-        if value is None:
-            raise ApiError(422, f"{name} must be true or false", error="invalid")
-        setattr(target, name, value)
-    if data.model_fields_set & {"is_active"} and not target.is_active:
+    if "is_active" in admin_fields and not target.is_active:
         revoke_refresh_tokens_of_user(session=session, user_id=target.id, now=datetime.now(UTC))
-    try:
-        session.commit()
-    except IntegrityError as error:
-        session.rollback()
-        raise _conflict(error) from None
+    _commit_or_conflict(session)
     return target
 
 
