@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run test test-auth test-users test-e2e migrate lock clean keys
+.PHONY: run test test-auth test-users test-e2e test-browser migrate lock clean keys
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
@@ -44,6 +44,11 @@ test-users: $(VENV)/.dev-installed
 
 test-e2e: $(VENV)/.dev-installed
 	$(PYTEST) tests
+
+## make test-browser: the browser test alone (installs Debian's chromium and playwright-core if missing); output in results/browser/.
+test-browser: $(VENV)/.dev-installed
+	bash tests/browser/install.sh
+	$(PYTEST) tests/browser
 
 migrate: $(VENV)/.runtime-installed
 	$(BIN)/python -m shared.migrate upgrade head

@@ -58,7 +58,10 @@ def build_service_app(
             CORSMiddleware,
             allow_origins=settings.effective_cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            # X-Requested-With: the docs' "Authorize" (Swagger UI) sends it with its request to /token.
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Requested-With"],
+            # Browser code may read these: when to retry a 429/503, and the id to quote in a bug report.
+            expose_headers=["Retry-After", "X-Request-ID"],
             allow_credentials=False,
             max_age=600,
         )
