@@ -29,6 +29,7 @@ NAMING_CONVENTION = {
 
 # 3-64 ASCII letters, digits, `_`, `.`, `-`; compared and stored lower-case.
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
+EMAIL_UNIQUE_INDEX = "uq_users_email_lower"
 
 
 def utc_now() -> datetime:
@@ -55,7 +56,7 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
 
-    __table_args__ = (Index("uq_users_email_lower", func.lower(email), unique=True),)
+    __table_args__ = (Index(EMAIL_UNIQUE_INDEX, func.lower(email), unique=True),)
 
 
 class RefreshToken(Base):

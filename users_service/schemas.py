@@ -3,15 +3,13 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StrictBool, field_serializer
 
 from shared.models import USERNAME_PATTERN, as_utc
 
 
-def _storable_text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded: refuse both as 422, not 500.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _encodable_text(value: str) -> str:
+    # Lone surrogates (a JSON "\ud800") cannot be encoded to UTF-8, for hashing or storing: 422, not 500.
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -19,9 +17,16 @@ def _storable_text(value: str) -> str:
     return value
 
 
+def _storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL. Passwords are only hashed, so they may; stored text may not.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return _encodable_text(value)
+
+
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN), AfterValidator(str.lower)]
-Password = Annotated[str, Field(min_length=8, max_length=128), AfterValidator(_storable_text)]
-CurrentPassword = Annotated[str, Field(max_length=128), AfterValidator(_storable_text)]
+Password = Annotated[str, Field(min_length=8, max_length=128), AfterValidator(_encodable_text)]
+CurrentPassword = Annotated[str, Field(max_length=128), AfterValidator(_encodable_text)]
 Email = Annotated[EmailStr, Field(max_length=320)]
 FullName = Annotated[str, Field(max_length=200), AfterValidator(_storable_text)]
 
@@ -50,8 +55,9 @@ class UserUpdateMe(StrictBody):
 class UserUpdate(UserUpdateMe):
     """`PATCH /users/{id}`: as for oneself, plus the flags only an admin may set."""
 
-    is_active: bool | None = None
-    is_admin: bool | None = None
+    # Strict: "yes" or 1 must not make anyone an admin.
+    is_active: StrictBool | None = None
+    is_admin: StrictBool | None = None
 
 
 class UserPublic(BaseModel):

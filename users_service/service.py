@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm import Session
 
 from shared.errors import ApiError
-from shared.models import User
+from shared.models import EMAIL_UNIQUE_INDEX, User
 from shared.passwords import PasswordHasher
 from shared.revocation import revoke_refresh_tokens_of_user
 from shared.tokens import AccessClaims
@@ -47,14 +48,30 @@ def require_admin(actor: User) -> None:
 
 
 def _commit_or_conflict(session: Session) -> None:
-    """Commits; a unique constraint that fires becomes a 409. The database decides, so races have one winner."""
+    """Commits; a unique constraint that fires becomes a 409. The database decides, so races have one winner.
+
+    A row deleted by a concurrent request between our read and our write is a 404, not a 500.
+    """
     try:
         session.commit()
     except IntegrityError as error:
         session.rollback()
-        if "email" in str(error.orig).lower():
+        if _violated_constraint(error) == EMAIL_UNIQUE_INDEX:
             raise ApiError(409, "Email already registered", error="email_taken") from None
         raise ApiError(409, "Username already taken", error="username_taken") from None
+    except StaleDataError:
+        session.rollback()
+        raise ApiError(404, "User not found", error="not_found") from None
+
+
+def _violated_constraint(error: IntegrityError) -> str:
+    # PostgreSQL names the constraint; SQLite's first message line does ("index 'uq_users_email_lower'" or
+    # "users.username"). Never the whole message: its DETAIL line quotes the value, which may say "email".
+    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    if constraint:
+        return constraint
+    first_line = str(error.orig).splitlines()[0] if str(error.orig) else ""
+    return EMAIL_UNIQUE_INDEX if EMAIL_UNIQUE_INDEX in first_line else "uq_users_username"
 
 
 def create_user(*, session: Session, hasher: PasswordHasher, data: UserCreate, is_admin: bool = False) -> User:
@@ -108,7 +125,7 @@ def _end_sessions(*, session: Session, user: User) -> None:
 def delete_user(*, session: Session, user: User) -> None:
     # Refresh tokens go with the row (ON DELETE CASCADE); access tokens fail on the missing user.
     session.delete(user)
-    session.commit()
+    _commit_or_conflict(session)
 
 
 def list_users(*, session: Session, limit: int, offset: int) -> tuple[list[User], int]:

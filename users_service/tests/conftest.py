@@ -10,9 +10,7 @@ from shared.settings import Settings
 from shared.testing import database_url, settings_for_tests  # noqa: F401  (fixture)
 from shared.tokens import AccessTokenIssuer
 from users_service.app import create_app
-from users_service.tests.support import Account, stored_user, unique_username
-
-ADMIN_PASSWORD = "admin password 1"
+from users_service.tests.support import ADMIN_PASSWORD, Account, stored_user, unique_username
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,108 @@
+"""What the users service's tests share besides fixtures: accounts, response-shape checks, reads of the users table."""
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from fastapi.testclient import TestClient
+from httpx2 import Response
+from sqlalchemy import func, select
+
+from shared.models import RefreshToken, User
+
+# The bootstrap admin's password in the suite's settings.
+ADMIN_PASSWORD = "admin password 1"
+PUBLIC_USER_FIELDS = {"id", "username", "email", "full_name", "is_active", "is_admin", "created_at"}
+
+
+@dataclass
+class Account:
+    id: int
+    username: str
+    password: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
+
+
+def unique_username(prefix: str = "user") -> str:
+    return f"{prefix}_{secrets.token_hex(5)}"
+
+
+def unique_email(prefix: str = "mail") -> str:
+    return f"{prefix}.{secrets.token_hex(5)}@example.com"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(response: Response, status_code: int | set[int]) -> dict:
+    """The contract's error shape: the status, a JSON body, a `detail` key."""
+    expected = status_code if isinstance(status_code, set) else {status_code}
+    assert response.status_code in expected, response.text
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and "detail" in body, body
+    return body
+
+
+def assert_unauthorized(response: Response) -> dict:
+    body = assert_error(response, 401)
+    assert response.headers.get("www-authenticate", "").startswith("Bearer"), response.headers
+    return body
+
+
+def assert_retry_later(response: Response) -> dict:
+    """503 with a JSON detail and a `Retry-After` in whole seconds."""
+    body = assert_error(response, 503)
+    assert int(response.headers["retry-after"]) > 0
+    return body
+
+
+def assert_public_user(body: dict) -> dict:
+    """Exactly the public fields, never a password or hash, `created_at` ISO 8601 with a time zone."""
+    assert set(body) == PUBLIC_USER_FIELDS, body
+    assert datetime.fromisoformat(body["created_at"]).utcoffset() is not None, body["created_at"]
+    return body
+
+
+def stored_user(client: TestClient, user_id: int) -> User | None:
+    with client.app.state.session_factory() as session:
+        return session.get(User, user_id)
+
+
+def stored_user_named(client: TestClient, username: str) -> User | None:
+    with client.app.state.session_factory() as session:
+        return session.scalar(select(User).where(User.username == username))
+
+
+def count_users_named(client: TestClient, username: str) -> int:
+    with client.app.state.session_factory() as session:
+        return session.scalar(select(func.count()).select_from(User).where(User.username == username))
+
+
+def count_users(client: TestClient) -> int:
+    with client.app.state.session_factory() as session:
+        return session.scalar(select(func.count()).select_from(User))
+
+
+def add_refresh_token(client: TestClient, user_id: int, *, expires_at: datetime) -> int:
+    """A live refresh token row, as the auth service would have stored it after a login."""
+    with client.app.state.session_factory() as session:
+        row = RefreshToken(
+            token_hash=secrets.token_hex(32),
+            family_id=secrets.token_hex(16),
+            user_id=user_id,
+            expires_at=expires_at,
+        )
+        session.add(row)
+        session.commit()
+        return row.id
+
+
+def stored_refresh_token(client: TestClient, token_id: int) -> RefreshToken | None:
+    with client.app.state.session_factory() as session:
+        return session.get(RefreshToken, token_id)
