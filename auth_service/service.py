@@ -11,15 +11,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session, aliased
 
-from auth_service.throttle import (
-    check_login_allowed,
-    clear_login_failures,
-    record_login_failure,
-    throttle_key_for_username,
-)
+from auth_service.throttle import begin_login_attempt, clear_login_failures, throttle_key_for_username
 from shared.models import USERNAME_PATTERN, RefreshToken, User
 from shared.passwords import PasswordHasher
 from shared.settings import Settings
@@ -86,7 +81,7 @@ def login_with_password(
 ) -> TokenPair:
     """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens."""
     username_key = throttle_key_for_username(username)
-    check_login_allowed(session=session, settings=settings, username_key=username_key, address=address, now=now)
+    begin_login_attempt(session=session, settings=settings, username_key=username_key, address=address, now=now)
     user = None
     if USERNAME_REGEX.fullmatch(username):
         user = session.scalar(select(User).where(User.username == username.lower()))
@@ -96,8 +91,7 @@ def login_with_password(
     else:
         matches, new_hash = hasher.verify_and_update(password=password, password_hash=user.password_hash)
     if not matches or user is None or not user.is_active:
-        record_login_failure(session=session, settings=settings, username_key=username_key, address=address, now=now)
-        session.commit()
+        # The attempt is already recorded as a failure.
         raise InvalidCredentials
     if new_hash is not None:
         user.password_hash = new_hash
@@ -114,7 +108,12 @@ def refresh_token_pair(
 ) -> TokenPair:
     """Exchanges a live refresh token for a new pair; a second use of a retired token revokes its family."""
     token_hash = hash_refresh_token(refresh_token)
-    # One conditional UPDATE decides the race: of two concurrent refreshes with one token, one matches.
+    # Requests presenting the same token queue on its row lock, so the losers' family revocations
+    # cannot interleave (and deadlock) with each other. SQLite has no row locks; it writes one at a time.
+    session.execute(select(RefreshToken.id).where(RefreshToken.token_hash == token_hash).with_for_update())
+    # One conditional UPDATE decides: the token is live and no token of its family was revoked (revocation
+    # marks every row of a family, so a row created while a revocation ran is caught here).
+    revoked_sibling = aliased(RefreshToken)
     retired = session.execute(
         update(RefreshToken)
         .where(
@@ -122,6 +121,9 @@ def refresh_token_pair(
             RefreshToken.used_at.is_(None),
             RefreshToken.revoked_at.is_(None),
             RefreshToken.expires_at > now,
+            ~exists().where(
+                revoked_sibling.family_id == RefreshToken.family_id, revoked_sibling.revoked_at.is_not(None)
+            ),
         )
         .values(used_at=now)
         .returning(RefreshToken.family_id, RefreshToken.user_id)
@@ -149,6 +151,10 @@ def refresh_token_pair(
 
 
 def revoke_family(*, session: Session, family_id: str, now: datetime) -> None:
+    # Rows locked in id order, so two revocations of one family wait for each other instead of deadlocking.
+    session.execute(
+        select(RefreshToken.id).where(RefreshToken.family_id == family_id).order_by(RefreshToken.id).with_for_update()
+    )
     session.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))

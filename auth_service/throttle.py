@@ -65,8 +65,34 @@ def _is_trusted(address: str, trusted_proxies: list[str]) -> bool:
     return False
 
 
-def check_login_allowed(*, session: Session, settings: Settings, username_key: str, address: str, now: datetime) -> None:
-    """Raises LoginThrottled while either count is at its limit within the window."""
+def begin_login_attempt(*, session: Session, settings: Settings, username_key: str, address: str, now: datetime) -> int:
+    """Records the attempt as a failure before the password is checked, commits, then counts.
+
+    Counting after a committed insert is what makes the limit hold under parallel guesses: of N attempts
+    racing, the k-th to commit sees k-1 others, so no more than the limit get a password checked. Past
+    either limit the attempt is forgotten again (throttled attempts do not extend the lockout) and
+    LoginThrottled is raised. Returns the attempt's id; a successful login deletes it.
+    """
+    attempt = LoginFailure(username=username_key, address=address, occurred_at=now)
+    session.add(attempt)
+    # Old rows are useless to every check; trimming them here keeps the table the size of one window.
+    window = timedelta(seconds=settings.login_failure_window_seconds)
+    session.execute(delete(LoginFailure).where(LoginFailure.occurred_at <= now - window))
+    session.commit()
+    retry_after = _seconds_until_allowed(
+        session=session, settings=settings, username_key=username_key, address=address, now=now, attempt_id=attempt.id
+    )
+    if retry_after:
+        session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
+        session.commit()
+        raise LoginThrottled(retry_after)
+    return attempt.id
+
+
+def _seconds_until_allowed(
+    *, session: Session, settings: Settings, username_key: str, address: str, now: datetime, attempt_id: int
+) -> int:
+    """0 when both counts of other failures in the window are below their limits, else the wait in seconds."""
     window = timedelta(seconds=settings.login_failure_window_seconds)
     limits = (
         (LoginFailure.username == username_key, settings.login_max_failures_per_username),
@@ -74,10 +100,10 @@ def check_login_allowed(*, session: Session, settings: Settings, username_key: s
     )
     retry_after = 0
     for condition, limit in limits:
-        # The limit-th most recent failure in the window: the count drops below the limit when it expires.
+        # The limit-th most recent other failure: the count drops below the limit when it leaves the window.
         blocking = session.scalar(
             select(LoginFailure.occurred_at)
-            .where(and_(condition, LoginFailure.occurred_at > now - window))
+            .where(and_(condition, LoginFailure.id != attempt_id, LoginFailure.occurred_at > now - window))
             .order_by(LoginFailure.occurred_at.desc())
             .offset(limit - 1)
             .limit(1)
@@ -85,19 +111,11 @@ def check_login_allowed(*, session: Session, settings: Settings, username_key: s
         if blocking is not None:
             remaining = (as_utc(blocking) + window - now).total_seconds()
             retry_after = max(retry_after, math.ceil(remaining), 1)
-    if retry_after:
-        raise LoginThrottled(retry_after)
-
-
-def record_login_failure(*, session: Session, settings: Settings, username_key: str, address: str, now: datetime) -> None:
-    session.add(LoginFailure(username=username_key, address=address, occurred_at=now))
-    # Old rows are useless to every check; trimming them here keeps the table the size of one window.
-    window = timedelta(seconds=settings.login_failure_window_seconds)
-    session.execute(delete(LoginFailure).where(LoginFailure.occurred_at <= now - window))
+    return retry_after
 
 
 def clear_login_failures(*, session: Session, username_key: str, address: str) -> None:
-    """After a successful login: forget this username's failures from this address only.
+    """After a successful login: forget this username's failures from this address only (this attempt's too).
 
     Failures from other addresses still count, so a login by the owner does not give an attacker
     elsewhere a fresh set of guesses.

@@ -111,6 +111,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if str(getattr(exc.orig, "pgcode", "") or "").startswith("40"):
+            # Class 40, transaction rollback (deadlock, serialization failure): the database is fine, retry.
+            logger.warning("transaction rolled back on %s %s", request.method, request.url.path)
+            return error_response(
+                503, "Conflict with a concurrent request; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)}
+            )
         if _is_database_unavailable(exc):
             logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
             return error_response(

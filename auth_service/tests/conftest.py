@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth_service.app import create_app
-from shared.models import RefreshToken, User
+from shared.models import User
 from shared.passwords import PasswordHasher
 from shared.settings import Settings
 from shared.testing import database_url, settings_for_tests  # noqa: F401  (fixture)
@@ -101,7 +101,3 @@ def set_user_active(client: TestClient, user_id: int, is_active: bool) -> None:
         session.get(User, user_id).is_active = is_active
         session.commit()
 
-
-def refresh_tokens_of(client: TestClient, user_id: int) -> list[RefreshToken]:
-    with client.app.state.session_factory() as session:
-        return list(session.query(RefreshToken).filter(RefreshToken.user_id == user_id))

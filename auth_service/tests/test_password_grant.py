@@ -1,0 +1,292 @@
+"""POST /token with the password grant: the token pair, the claims, refusals, malformed bodies, hash upgrades."""
+
+import statistics
+import time
+
+import bcrypt
+import jwt
+import pytest
+from passlib.hash import argon2
+
+from auth_service.tests.conftest import login, stored_user
+
+RESPONSE_KEYS = {"access_token", "token_type", "expires_in", "refresh_token"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+MAX_BODY_BYTES = 65_536
+
+
+def cache_directives(response) -> set[str]:
+    return {part.strip().lower() for part in response.headers.get("cache-control", "").split(",")}
+
+
+def decode_access_token(token: str, settings) -> dict:
+    return jwt.decode(
+        token,
+        settings.jwt_secret,
+        algorithms=["HS256"],
+        audience="users-service",
+        issuer="auth-service",
+        options={"require": ["sub", "iat", "exp", "jti", "iss", "aud", "type"]},
+    )
+
+
+def form_body_of_size(size: int) -> bytes:
+    """A well-formed login form of exactly `size` bytes, padded with a field the endpoint ignores."""
+    start = b"username=nobody_padded&password=x&padding="
+    return start + b"a" * (size - len(start))
+
+
+def assert_invalid_grant(response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].lower().startswith("bearer")
+    body = response.json()
+    assert body["error"] == "invalid_grant"
+    assert isinstance(body["detail"], str) and body["detail"]
+
+
+@pytest.mark.parametrize("grant_type", ["password", None], ids=["explicit", "absent-defaults-to-password"])
+def test_password_grant_issues_a_token_pair(client, settings, make_user, grant_type):
+    user = make_user()
+    form = {"username": user.username, "password": user.password}
+    if grant_type is not None:
+        form["grant_type"] = grant_type
+
+    response = client.post("/token", data=form)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == RESPONSE_KEYS
+    assert body["token_type"].lower() == "bearer"
+    assert body["expires_in"] == settings.access_token_ttl_seconds
+    assert isinstance(body["access_token"], str) and body["access_token"]
+    assert isinstance(body["refresh_token"], str) and body["refresh_token"]
+    assert "no-store" in cache_directives(response)
+
+
+def test_access_token_carries_the_contract_claims_and_a_kid(client, settings, make_user):
+    user = make_user()
+    before = int(time.time())
+
+    token = login(client, user.username, user.password).json()["access_token"]
+
+    claims = decode_access_token(token, settings)
+    assert claims["sub"] == str(user.id)
+    assert claims["iss"] == "auth-service"
+    assert claims["aud"] == "users-service"
+    assert claims["type"] == "access"
+    assert isinstance(claims["jti"], str) and claims["jti"]
+    assert before - 5 <= claims["iat"] <= time.time() + 5
+    assert claims["exp"] - claims["iat"] == settings.access_token_ttl_seconds
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "HS256"
+    assert isinstance(header["kid"], str) and header["kid"]
+
+
+def test_each_access_token_has_its_own_jti(client, settings, make_user):
+    user = make_user()
+    tokens = [login(client, user.username, user.password).json()["access_token"] for _ in range(2)]
+
+    assert decode_access_token(tokens[0], settings)["jti"] != decode_access_token(tokens[1], settings)["jti"]
+
+
+@pytest.mark.parametrize("spelling", [str.upper, str.title, str.swapcase], ids=["upper", "title", "swapcase"])
+def test_username_is_matched_case_insensitively(client, settings, make_user, spelling):
+    user = make_user()
+
+    response = login(client, spelling(user.username), user.password)
+
+    assert response.status_code == 200, response.text
+    assert decode_access_token(response.json()["access_token"], settings)["sub"] == str(user.id)
+
+
+@pytest.mark.parametrize(
+    ("username_of", "password_of", "is_active"),
+    [
+        (lambda user: user.username, lambda user: "not-the-password", True),
+        (lambda user: "no_such_" + user.username, lambda user: user.password, True),
+        (lambda user: "not a valid username!", lambda user: user.password, True),
+        (lambda user: user.username, lambda user: user.password, False),
+    ],
+    ids=["wrong-password", "unknown-username", "unknown-invalid-username", "inactive-user-right-password"],
+)
+def test_refused_logins_answer_401_with_one_and_the_same_body(client, make_user, username_of, password_of, is_active):
+    reference = login(client, make_user().username, "wrong-password-for-reference")
+    user = make_user(is_active=is_active)
+
+    response = login(client, username_of(user), password_of(user))
+
+    assert_invalid_grant(response)
+    assert response.json() == reference.json()
+    assert "no-store" in cache_directives(response)
+
+
+def test_unknown_username_takes_about_as_long_as_a_wrong_password(make_client, make_user):
+    # Limits far above the attempts made, so no answer is a fast 429.
+    timed = make_client(login_max_failures_per_username=1000, login_max_failures_per_address=1000)
+    user = make_user()
+
+    def seconds(username: str) -> float:
+        started = time.perf_counter()
+        response = login(timed, username, "wrong password!")
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 401, response.text
+        return elapsed
+
+    def median_ratio(attempts: int = 7) -> float:
+        wrong_password, unknown_user = [], []
+        for attempt in range(attempts):  # interleaved, so a slow moment of the machine hits both sides
+            wrong_password.append(seconds(user.username))
+            unknown_user.append(seconds(f"ghost_{attempt}_{user.username}"))
+        return statistics.median(unknown_user) / statistics.median(wrong_password)
+
+    seconds(user.username)  # warm-up: the first connection of this app's pool
+    # A missing dummy hash is a ratio near 0.02 every time; a busy machine only spoils a series now and then.
+    ratios = []
+    for _ in range(3):
+        ratios.append(median_ratio())
+        if 0.5 <= ratios[-1] <= 2.0:
+            break
+    assert 0.5 <= ratios[-1] <= 2.0, f"median unknown-user / wrong-password time ratios: {ratios}"
+
+
+@pytest.mark.parametrize("grant_type", ["client_credentials", "authorization_code", "implicit", "bogus"])
+def test_unknown_grant_type_is_400_unsupported_grant_type(client, make_user, grant_type):
+    user = make_user()
+
+    response = client.post(
+        "/token", data={"grant_type": grant_type, "username": user.username, "password": user.password}
+    )
+
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "unsupported_grant_type"
+    assert isinstance(body["detail"], str) and body["detail"]
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"password": "some-password"},
+        {"username": "someone"},
+        {},
+        {"grant_type": "password", "username": "someone"},
+        {"grant_type": "password", "password": "some-password"},
+        {"grant_type": "refresh_token"},
+        {"grant_type": "refresh_token", "username": "someone", "password": "some-password"},
+    ],
+    ids=[
+        "no-username",
+        "no-password",
+        "empty",
+        "password-grant-no-password",
+        "password-grant-no-username",
+        "refresh-grant-no-token",
+        "refresh-grant-with-credentials-only",
+    ],
+)
+def test_missing_field_is_422(client, form):
+    response = client.post("/token", data=form, headers=FORM)
+
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json()
+    assert "some-password" not in response.text
+
+
+def test_json_body_instead_of_a_form_is_422(client, make_user):
+    user = make_user()
+
+    response = client.post("/token", json={"username": user.username, "password": user.password})
+
+    assert response.status_code == 422, response.text
+    assert user.password not in response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"username=%FF%FE&password=x",
+        b"username=\xff\xfe&password=x",
+        b"username=a&password=%C3%28",
+        b"username=ok&pass\xc3word=x",
+    ],
+    ids=["percent-encoded", "raw-bytes", "percent-encoded-bad-sequence", "raw-bytes-in-a-name"],
+)
+def test_form_body_with_invalid_utf8_is_422(client, body):
+    response = client.post("/token", content=body, headers=FORM)
+
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json()
+
+
+def test_body_of_exactly_64_kib_is_accepted(client):
+    response = client.post("/token", content=form_body_of_size(MAX_BODY_BYTES), headers=FORM)
+
+    assert response.status_code == 401, response.text
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_over_64_kib_is_413(client, chunked):
+    body = form_body_of_size(MAX_BODY_BYTES + 1)
+    content = (body[i : i + 4096] for i in range(0, len(body), 4096)) if chunked else body
+
+    response = client.post("/token", content=content, headers=FORM)
+
+    assert response.status_code == 413, response.text
+    assert "detail" in response.json()
+
+
+LONG_PASSWORDS = {
+    "ascii-100-bytes": "p" * 100,
+    "two-byte-chars-80-of-them": "é" * 80,
+    "mixed-75-bytes": "x" * 72 + "üy",
+}
+
+
+@pytest.mark.parametrize("password", list(LONG_PASSWORDS.values()), ids=list(LONG_PASSWORDS))
+def test_password_over_72_bytes_counts_in_full(client, make_user, password):
+    user = make_user(password=password)
+    differs_only_after_byte_72 = password[:-1] + "Z"
+    assert differs_only_after_byte_72.encode()[:72] == password.encode()[:72] != password.encode()
+
+    assert login(client, user.username, password).status_code == 200
+    assert_invalid_grant(login(client, user.username, differs_only_after_byte_72))
+
+
+def argon2_parameters(password_hash: str) -> str:
+    return password_hash.split("$")[3]
+
+
+def expected_argon2_parameters(settings) -> str:
+    return f"m={settings.argon2_memory_kib},t={settings.argon2_time_cost},p={settings.argon2_parallelism}"
+
+
+LEGACY_HASHES = {
+    "bcrypt-cost-4": lambda password: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode(),
+    "weak-argon2id": lambda password: argon2.using(type="ID", memory_cost=8192, rounds=1).hash(password),
+}
+
+
+@pytest.mark.parametrize("make_hash", list(LEGACY_HASHES.values()), ids=list(LEGACY_HASHES))
+def test_outdated_hash_verifies_and_is_upgraded_on_login(client, settings, make_user, make_hash):
+    password = "legacy password 1"
+    old_hash = make_hash(password)
+    user = make_user(password=password, password_hash=old_hash)
+
+    response = login(client, user.username, password)
+
+    assert response.status_code == 200, response.text
+    new_hash = stored_user(client, user.id).password_hash
+    assert new_hash != old_hash
+    assert new_hash.startswith("$argon2id$")
+    assert argon2_parameters(new_hash) == expected_argon2_parameters(settings)
+    assert login(client, user.username, password).status_code == 200
+    assert_invalid_grant(login(client, user.username, "legacy password 2"))
+
+
+@pytest.mark.parametrize("make_hash", list(LEGACY_HASHES.values()), ids=list(LEGACY_HASHES))
+def test_outdated_hash_is_kept_when_the_password_is_wrong(client, make_user, make_hash):
+    old_hash = make_hash("legacy password 1")
+    user = make_user(password="legacy password 1", password_hash=old_hash)
+
+    assert_invalid_grant(login(client, user.username, "legacy password 2"))
+    assert stored_user(client, user.id).password_hash == old_hash

@@ -1,0 +1,172 @@
+"""POST /token with the refresh_token grant: rotation, reuse detection, expiry, races, opaque refresh tokens."""
+
+import secrets
+import threading
+import time
+
+import jwt
+import pytest
+
+from auth_service.tests.conftest import login, refresh, set_user_active
+from shared.models import User
+from shared.tokens import AccessTokenVerifier, InvalidAccessToken, build_key_source
+
+
+def login_pair(client, user) -> dict:
+    response = login(client, user.username, user.password)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_invalid_grant(response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].lower().startswith("bearer")
+    body = response.json()
+    assert body["error"] == "invalid_grant"
+    assert isinstance(body["detail"], str) and body["detail"]
+
+
+def test_refresh_returns_a_new_pair_with_a_new_refresh_token(client, settings, make_user):
+    user = make_user()
+    first = login_pair(client, user)
+
+    response = refresh(client, first["refresh_token"])
+
+    assert response.status_code == 200, response.text
+    assert "no-store" in response.headers["cache-control"].lower()
+    second = response.json()
+    assert set(second) == {"access_token", "token_type", "expires_in", "refresh_token"}
+    assert second["token_type"].lower() == "bearer"
+    assert second["expires_in"] == settings.access_token_ttl_seconds
+    assert second["refresh_token"] != first["refresh_token"]
+    claims = jwt.decode(second["access_token"], settings.jwt_secret, algorithms=["HS256"], audience="users-service")
+    assert claims["sub"] == str(user.id)
+    assert claims["type"] == "access"
+
+
+def test_new_refresh_token_keeps_rotating(client, make_user):
+    token = login_pair(client, make_user())["refresh_token"]
+    seen = {token}
+
+    for _ in range(3):
+        response = refresh(client, token)
+        assert response.status_code == 200, response.text
+        token = response.json()["refresh_token"]
+        assert token not in seen
+        seen.add(token)
+
+
+def test_reusing_a_retired_refresh_token_revokes_its_family_only(client, make_user):
+    user = make_user()
+    retired = login_pair(client, user)["refresh_token"]
+    newest = refresh(client, retired).json()["refresh_token"]
+    other_login = login_pair(client, user)["refresh_token"]
+
+    assert_invalid_grant(refresh(client, retired))
+    assert_invalid_grant(refresh(client, newest))
+    assert refresh(client, other_login).status_code == 200
+
+
+def test_reuse_of_an_older_generation_revokes_the_whole_family(client, make_user):
+    first = login_pair(client, make_user())["refresh_token"]
+    second = refresh(client, first).json()["refresh_token"]
+    third = refresh(client, second).json()["refresh_token"]
+
+    assert_invalid_grant(refresh(client, first))
+    assert_invalid_grant(refresh(client, third))
+
+
+def test_expired_refresh_token_is_refused(make_client, make_user):
+    short_lived = make_client(refresh_token_ttl_seconds=1)
+    token = login_pair(short_lived, make_user())["refresh_token"]
+
+    time.sleep(2.1)
+
+    assert_invalid_grant(refresh(short_lived, token))
+
+
+UNKNOWN_REFRESH_TOKENS = {
+    "random": lambda: secrets.token_urlsafe(32),
+    "long": lambda: "r" * 2000,
+    "non-ascii": lambda: "jeton-périmé-🔑",
+    "jwt-shaped": lambda: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+}
+
+
+@pytest.mark.parametrize("make_token", list(UNKNOWN_REFRESH_TOKENS.values()), ids=list(UNKNOWN_REFRESH_TOKENS))
+def test_unknown_refresh_token_is_refused(client, make_token):
+    assert_invalid_grant(refresh(client, make_token()))
+
+
+def test_access_token_is_not_accepted_as_a_refresh_token(client, make_user):
+    access_token = login_pair(client, make_user())["access_token"]
+
+    assert_invalid_grant(refresh(client, access_token))
+
+
+def race_refreshes(client, token: str, racers: int) -> list[int]:
+    """`racers` threads present `token` at the same moment; their statuses."""
+    start = threading.Barrier(racers)
+    statuses: list[int] = []
+
+    def race() -> None:
+        start.wait()
+        statuses.append(refresh(client, token).status_code)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return statuses
+
+
+def at_most_one_winner(statuses: list[int], racers: int) -> bool:
+    """Every racer answered, at most one got a new pair, all the others 401."""
+    return len(statuses) == racers and statuses.count(200) <= 1 and statuses.count(200) + statuses.count(401) == racers
+
+
+def test_racing_refreshes_with_one_token_give_at_most_one_new_pair(client, make_user):
+    # A race goes wrong only in some interleavings (a few percent of rounds): many short rounds, several generations.
+    user, racers, rounds = make_user(), 8, 30
+    outcomes = []
+    for round_number in range(rounds):
+        token = login_pair(client, user)["refresh_token"]
+        for _ in range(1 + round_number % 3):
+            token = refresh(client, token).json()["refresh_token"]
+        outcomes.append(sorted(race_refreshes(client, token, racers)))
+
+    wrong = [outcome for outcome in outcomes if not at_most_one_winner(outcome, racers)]
+    assert not wrong, f"{len(wrong)} of {rounds} rounds broke 'at most one 200, the rest 401': {wrong}"
+
+
+def deactivate(client, user_id: int) -> None:
+    set_user_active(client, user_id, False)
+
+
+def delete(client, user_id: int) -> None:
+    with client.app.state.session_factory() as session:
+        session.delete(session.get(User, user_id))
+        session.commit()
+
+
+@pytest.mark.parametrize("change", [deactivate, delete], ids=["deactivated", "deleted"])
+def test_refresh_for_a_user_deactivated_or_deleted_meanwhile_is_refused(client, make_user, change):
+    user = make_user()
+    token = login_pair(client, user)["refresh_token"]
+
+    change(client, user.id)
+
+    assert_invalid_grant(refresh(client, token))
+    assert_invalid_grant(login(client, user.username, user.password))
+
+
+def test_refresh_token_is_opaque_and_not_an_access_token(client, settings, make_user):
+    token = login_pair(client, make_user())["refresh_token"]
+    verifier = AccessTokenVerifier(settings, build_key_source(settings))
+
+    assert "." not in token
+    with pytest.raises(jwt.PyJWTError):
+        jwt.decode(token, settings.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
+    with pytest.raises(InvalidAccessToken):
+        verifier.verify(token)

@@ -1,0 +1,208 @@
+"""Login throttling per username and per client address, its window, and which address counts (X-Forwarded-For)."""
+
+import secrets
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from auth_service.tests.conftest import login, unique_address
+from auth_service.throttle import client_address
+
+WINDOW_SECONDS = 60
+LIMITS = {
+    "login_max_failures_per_username": 3,
+    "login_max_failures_per_address": 6,
+    "login_failure_window_seconds": WINDOW_SECONDS,
+}
+WRONG = "definitely wrong password"
+
+
+def from_address(client: TestClient, address: str) -> TestClient:
+    """The same app (the same replica) as seen from another client address."""
+    return TestClient(client.app, client=(address, 50000))
+
+
+def ghost_username() -> str:
+    return f"ghost_{secrets.token_hex(5)}"
+
+
+def xff(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+def assert_throttled(response, *, window: int = WINDOW_SECONDS) -> None:
+    assert response.status_code == 429, response.text
+    retry_after = response.headers["retry-after"]
+    assert retry_after.isdigit(), retry_after
+    assert 1 <= int(retry_after) <= window
+    assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+
+
+def attempts_until_throttled(client: TestClient, username: str, *, at_most: int = 10) -> int:
+    for attempt in range(1, at_most + 1):
+        response = login(client, username, WRONG)
+        if response.status_code == 429:
+            return attempt
+        assert response.status_code == 401, response.text
+    raise AssertionError(f"{username} not throttled after {at_most} attempts")
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["real-user", "unknown-username"])
+def test_after_three_failures_the_fourth_attempt_is_429_even_with_the_right_password(make_client, make_user, known):
+    throttled = make_client(**LIMITS)
+    user = make_user()
+    username = user.username if known else ghost_username()
+
+    statuses = [login(throttled, username, WRONG).status_code for _ in range(3)]
+
+    assert statuses == [401, 401, 401]
+    assert_throttled(login(throttled, username, user.password))
+
+
+def test_unknown_username_is_throttled_at_the_same_attempt_as_a_real_one(make_client, make_user):
+    real = attempts_until_throttled(make_client(**LIMITS), make_user().username)
+    unknown = attempts_until_throttled(make_client(**LIMITS), ghost_username())
+
+    assert real == unknown == 4
+
+
+def test_failures_count_per_username_whatever_its_spelling_case(make_client, make_user):
+    throttled = make_client(**LIMITS)
+    user = make_user()
+
+    for spelling in (str.upper, str.title, str.swapcase):
+        assert login(throttled, spelling(user.username), WRONG).status_code == 401
+
+    assert_throttled(login(throttled, user.username, user.password))
+
+
+def test_a_burst_of_concurrent_failures_gets_no_more_password_checks_than_the_limit(make_client, make_user):
+    # The state is in the database so it holds across workers: a parallel burst must not outrun it.
+    throttled = make_client(**LIMITS)
+    user = make_user()
+    burst = 8
+    start = threading.Barrier(burst)
+    statuses: list[int] = []
+
+    def guess() -> None:
+        start.wait()
+        statuses.append(login(throttled, user.username, WRONG).status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(burst)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(statuses) == burst and set(statuses) <= {401, 429}, statuses
+    checked = statuses.count(401)
+    assert checked <= LIMITS["login_max_failures_per_username"], sorted(statuses)
+    # Throttled attempts checked no password and do not count; the checked ones do.
+    for _ in range(LIMITS["login_max_failures_per_username"] - checked):
+        assert login(throttled, user.username, WRONG).status_code == 401
+    assert_throttled(login(throttled, user.username, user.password))
+
+
+def test_username_failures_from_several_addresses_add_up(make_client, make_user):
+    throttled = make_client(**LIMITS)
+    user = make_user()
+
+    for _ in range(3):
+        assert login(from_address(throttled, unique_address()), user.username, WRONG).status_code == 401
+
+    assert_throttled(login(from_address(throttled, unique_address()), user.username, user.password))
+
+
+def test_username_failures_count_across_replicas(make_client, make_user):
+    user = make_user()
+    replicas = [make_client(**LIMITS) for _ in range(3)]
+
+    for replica in replicas:
+        assert login(replica, user.username, WRONG).status_code == 401
+
+    assert_throttled(login(make_client(**LIMITS), user.username, user.password))
+
+
+def test_failures_across_usernames_lock_out_the_address_but_not_the_accounts(make_client, make_user):
+    throttled = make_client(**LIMITS)
+    user = make_user()
+
+    assert login(throttled, user.username, WRONG).status_code == 401
+    for _ in range(5):
+        assert login(throttled, ghost_username(), WRONG).status_code == 401
+
+    assert_throttled(login(throttled, make_user().username, "any password"))
+    assert_throttled(login(throttled, user.username, user.password))
+    assert login(from_address(throttled, unique_address()), user.username, user.password).status_code == 200
+
+
+@pytest.mark.parametrize("peer_is_trusted", [True, False], ids=["trusted-proxy", "untrusted-peer"])
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(make_client, make_user, peer_is_trusted):
+    peer = "10.%d.%d.%d" % tuple(secrets.randbelow(254) + 1 for _ in range(3)) if peer_is_trusted else unique_address()
+    proxy = make_client(address=peer, trusted_proxies=["10.0.0.0/8"], **LIMITS)
+    attacker, bystander = unique_address(), unique_address()
+    user = make_user()
+
+    for _ in range(6):
+        assert login(proxy, ghost_username(), WRONG, **xff(attacker)).status_code == 401
+
+    assert_throttled(login(proxy, ghost_username(), WRONG, **xff(attacker)))
+    bystanders_login = login(proxy, user.username, user.password, **xff(bystander))
+    if peer_is_trusted:
+        assert bystanders_login.status_code == 200, bystanders_login.text
+    else:
+        assert_throttled(bystanders_login)
+
+
+def test_a_success_from_one_address_keeps_the_failures_from_another(make_client, make_user):
+    attacker = make_client(**LIMITS)
+    owner = from_address(attacker, unique_address())
+    user = make_user()
+
+    assert [login(attacker, user.username, WRONG).status_code for _ in range(2)] == [401, 401]
+    assert login(owner, user.username, user.password).status_code == 200
+    assert login(attacker, user.username, WRONG).status_code == 401
+
+    assert_throttled(login(owner, user.username, user.password))
+
+
+def test_logins_work_again_once_the_window_has_passed(make_client, make_user):
+    window = 2
+    throttled = make_client(**{**LIMITS, "login_failure_window_seconds": window})
+    user = make_user()
+    for _ in range(3):
+        assert login(throttled, user.username, WRONG).status_code == 401
+    assert_throttled(login(throttled, user.username, user.password), window=window)
+
+    time.sleep(window + 0.3)
+
+    assert login(throttled, user.username, user.password).status_code == 200
+
+
+TRUSTED = ["10.0.0.0/8", "192.0.2.10", "fd00::/8"]
+CLIENT_ADDRESS_CASES = {
+    "untrusted-peer-ignores-xff": ("203.0.113.9", "198.51.100.1", "203.0.113.9"),
+    "no-xff": ("10.0.0.1", None, "10.0.0.1"),
+    "empty-xff": ("10.0.0.1", "", "10.0.0.1"),
+    "trusted-peer-one-hop": ("10.0.0.1", "198.51.100.1", "198.51.100.1"),
+    "trusted-peer-rightmost-untrusted-hop": ("10.0.0.1", "198.51.100.1, 203.0.113.5", "203.0.113.5"),
+    "trusted-hops-are-skipped": ("10.0.0.1", "198.51.100.1, 203.0.113.5, 10.9.9.9, 192.0.2.10", "203.0.113.5"),
+    "spaces-around-hops": ("10.0.0.1", "  198.51.100.1  ,203.0.113.5 ", "203.0.113.5"),
+    "single-trusted-address": ("192.0.2.10", "198.51.100.1", "198.51.100.1"),
+    "ipv6": ("fd00::1", "2001:db8::5", "2001:db8::5"),
+    "garbage-xff": ("10.0.0.1", "garbage", "10.0.0.1"),
+    "garbage-rightmost-hop": ("10.0.0.1", "198.51.100.1, not-an-address", "10.0.0.1"),
+    "garbage-behind-trusted-hop": ("10.0.0.1", "198.51.100.1, ???, 10.9.9.9", "10.0.0.1"),
+    "non-ip-peer-is-not-trusted": ("testclient", "198.51.100.1", "testclient"),
+}
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "expected"), list(CLIENT_ADDRESS_CASES.values()), ids=list(CLIENT_ADDRESS_CASES)
+)
+def test_client_address_rules(peer, forwarded_for, expected):
+    trusted = [*TRUSTED, "testclient"]
+
+    assert client_address(socket_address=peer, forwarded_for=forwarded_for, trusted_proxies=trusted) == expected
