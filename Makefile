@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run test test-auth test-users test-e2e test-browser migrate lock clean keys
+.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage migrate lock clean keys
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
@@ -27,13 +27,15 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/python deploy/write-local-env.py
 	deploy/run-local.sh
 
-## make test: the auth suite, the users suite and the end-to-end suite, each on its own database.
+## make test: the auth suite, the users suite and the end-to-end suite, each on its own database;
+## last, the database fault tests, which stop and restart the local PostgreSQL for a few seconds.
 test: $(VENV)/.dev-installed
 	@$(BIN)/python -m shared.testing
 	@status=0; \
 	$(PYTEST) auth_service/tests || status=1; \
 	$(PYTEST) users_service/tests || status=1; \
-	$(PYTEST) tests || status=1; \
+	$(PYTEST) tests --ignore=tests/fault || status=1; \
+	$(PYTEST) tests/fault || status=1; \
 	exit $$status
 
 test-auth: $(VENV)/.dev-installed
@@ -43,7 +45,15 @@ test-users: $(VENV)/.dev-installed
 	$(PYTEST) users_service/tests
 
 test-e2e: $(VENV)/.dev-installed
-	$(PYTEST) tests
+	$(PYTEST) tests --ignore=tests/fault
+
+## make test-fault: the database fault tests alone (stops and restarts the local PostgreSQL for ~3 s).
+test-fault: $(VENV)/.dev-installed
+	$(PYTEST) tests/fault
+
+## make fault-outage [ARGS="--outage-seconds 10 --duration 30"]: the full outage script; report on stdout.
+fault-outage: $(VENV)/.dev-installed
+	$(BIN)/python tests/fault/db_outage.py $(ARGS)
 
 ## make test-browser: the browser test alone (installs Debian's chromium and playwright-core if missing); output in results/browser/.
 test-browser: $(VENV)/.dev-installed

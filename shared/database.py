@@ -1,14 +1,18 @@
 """The SQLAlchemy engine and sessions, built from Settings; nothing here knows a route."""
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
+
+logger = logging.getLogger("shared.database")
 
 
 def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
@@ -71,7 +75,14 @@ def get_session(request: Request) -> Iterator[Session]:
     try:
         yield session
     finally:
-        session.close()
+        try:
+            session.close()
+        except DBAPIError:
+            # The connection died after the endpoint finished; its transaction is over either way, and
+            # the pool discards the connection. Raising here would break an answer already decided.
+            logger.warning("database connection lost while closing a session")
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session is closed when the endpoint returns, before the response is sent, so
+# the connection goes back to the pool at once and a failing close cannot follow a sent response.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

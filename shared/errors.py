@@ -4,6 +4,7 @@ Also the error body schema and the shared `responses=` entries documented in Ope
 """
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -87,11 +88,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, exc.detail, error=exc.error, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI answers 400 when its body parser raises (too deeply nested JSON, say); the contract says 422.
             return error_response(422, [{"loc": ["body"], "msg": "Malformed body", "type": "body_unparsable"}])
-        return error_response(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; RFC 9110 wants every method it has.
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(request))) or headers.get("Allow", "")
+        return error_response(exc.status_code, exc.detail, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -134,6 +139,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _internal_error(request, exc)
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method the OpenAPI schema lists for paths matching the request's path (HEAD wherever GET is)."""
+    table = getattr(request.app.state, "allowed_methods_by_path", None)
+    if table is None:
+        table = []
+        for template, operations in request.app.openapi().get("paths", {}).items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+            methods = {method.upper() for method in operations if method != "parameters"}
+            table.append((pattern, methods | ({"HEAD"} if "GET" in methods else set())))
+        request.app.state.allowed_methods_by_path = table
+    return {method for pattern, methods in table if pattern.match(request.url.path) for method in methods}
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:

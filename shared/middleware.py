@@ -1,6 +1,6 @@
 """ASGI middleware both services install: the raw request body checks.
 
-Bodies over the limit get 413 and bodies that are not UTF-8 where UTF-8 is required get 422, before
+Requests framed twice (Content-Length and Transfer-Encoding) get 400, bodies over the limit get 413, and bodies that are not UTF-8 where UTF-8 is required get 422, before
 any route runs. Form parsing would otherwise turn invalid UTF-8 into replacement characters silently.
 """
 
@@ -27,6 +27,10 @@ class RequestBodyGuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            # Both framings at once is the shape of request smuggling (RFC 9112 6.3): refuse and close.
+            await _send_error(send, 400, "Content-Length and Transfer-Encoding together are not allowed")
+            return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body_bytes:
             await _send_error(send, 413, f"Request body larger than {self.max_body_bytes} bytes")
