@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage migrate lock clean keys
+.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage compose-check lint-containers migrate lock clean keys
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
@@ -59,6 +59,14 @@ fault-outage: $(VENV)/.dev-installed
 test-browser: $(VENV)/.dev-installed
 	bash tests/browser/install.sh
 	$(PYTEST) tests/browser
+
+## make compose-check: both images built, the compose stack up, the end-to-end suite against it (as root; no registry needed).
+compose-check: $(VENV)/.dev-installed
+	bash deploy/compose-check.sh
+
+## make lint-containers: hadolint, docker compose config, Kubernetes schemas (offline), shellcheck.
+lint-containers:
+	bash deploy/lint-check.sh
 
 migrate: $(VENV)/.runtime-installed
 	$(BIN)/python -m shared.migrate upgrade head

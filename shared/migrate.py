@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-from shared.settings import Settings
+from shared.settings import MigrationSettings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -35,7 +35,7 @@ def _ensure_sqlite_folder(database_url: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    database_url = Settings().effective_migration_url
+    database_url = MigrationSettings().effective_migration_url
     args = argv or ["upgrade", "head"]
     config = alembic_config(database_url)
     if args[0] == "upgrade":

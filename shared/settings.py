@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     def _normalise_url(cls, value: str | None) -> str | None:
         return normalise_database_url(value) if value else value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        # gunicorn's docs write levels in lower case; accept both.
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> "Settings":
         if self.jwt_algorithm == "HS256":
@@ -129,10 +135,6 @@ class Settings(BaseSettings):
         if secret.lower() in KNOWN_WEAK_SECRETS or len(set(secret)) < 8:
             raise ValueError("JWT_SECRET is a known or low-entropy value; generate a random one")
 
-    @property
-    def effective_migration_url(self) -> str:
-        return self.migration_database_url or self.database_url
-
     @cached_property
     def effective_threadpool_size(self) -> int:
         """Threads for `def` endpoints: one per pooled connection, so no thread waits on the pool forever."""
@@ -147,3 +149,19 @@ class Settings(BaseSettings):
         if self.cors_origins or self.app_env != "local":
             return self.cors_origins
         return [f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in (self.auth_port, self.users_port)]
+
+
+class MigrationSettings(BaseSettings):
+    """The two URLs migrations need, read like Settings but without its service checks.
+
+    A migration job needs no signing key, so it is not made to carry one.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True)
+
+    database_url: str = LOCAL_SQLITE_URL
+    migration_database_url: str | None = None
+
+    @property
+    def effective_migration_url(self) -> str:
+        return normalise_database_url(self.migration_database_url or self.database_url)

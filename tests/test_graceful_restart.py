@@ -89,6 +89,24 @@ class Restartable:
             return False
 
 
+def accept_queue_length(port: int) -> int:
+    """Connections waiting in the listening socket's accept queue (rx_queue of a LISTEN row in /proc/net/tcp)."""
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                waiting += int(fields[4].split(":")[1], 16)
+    return waiting
+
+
+def wait_until_accepted(port: int, *, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while accept_queue_length(port) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert accept_queue_length(port) == 0, "the workers did not accept every connection in time"
+
+
 def worker_pids(master_pid: int) -> set[int]:
     pids = set()
     for entry in Path("/proc").iterdir():
@@ -198,8 +216,9 @@ def test_sigterm_lets_every_in_flight_request_finish(restartable: Restartable) -
         thread.start()
     for event in sent:
         assert event.wait(10), "a request could not even be sent"
-    # Long enough for the workers to accept every connection (they accept at once; hashing takes the time).
-    time.sleep(0.05)
+    # In flight means accepted by a worker: a connection still in the kernel's accept queue when the
+    # listening socket closes is refused by any server, which is what a load balancer's drain is for.
+    wait_until_accepted(restartable.port)
     signalled_at = time.monotonic()
     master.send_signal(signal.SIGTERM)
     for thread in threads:
