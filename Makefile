@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage compose-check lint-containers migrate lock clean keys
+.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage compose-check lint-containers bench migrate lock clean keys
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
@@ -67,6 +67,10 @@ compose-check: $(VENV)/.dev-installed
 ## make lint-containers: hadolint, docker compose config, Kubernetes schemas (offline), shellcheck.
 lint-containers:
 	bash deploy/lint-check.sh
+
+## make bench: both services and a reference app under wrk, as production runs them; table and JSON under results/ (~5 min).
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.perf.bench
 
 migrate: $(VENV)/.runtime-installed
 	$(BIN)/python -m shared.migrate upgrade head

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from auth_service import service
 from auth_service.schemas import JwksResponse, TokenResponse
 from auth_service.throttle import LoginThrottled, client_address
-from shared.database import SessionDep
+from shared.database import run_in_session
 from shared.errors import ApiError, documented_errors
 from shared.observability import LOGIN_ATTEMPTS, REFRESH_REUSE, set_request_user
 
@@ -41,9 +41,8 @@ def _unauthorized(detail: str, *, error: str | None = None) -> ApiError:
     summary="OAuth2 token endpoint: password and refresh_token grants",
     responses=documented_errors(400, 401, 413, 422, 429, 503),
 )
-def issue_token(
+async def issue_token(
     request: Request,
-    session: SessionDep,
     grant_type: FormField = None,
     username: FormField = None,
     password: FormField = None,
@@ -59,8 +58,13 @@ def issue_token(
         if refresh_token is None:
             raise _missing("refresh_token")
         try:
-            pair = service.refresh_token_pair(
-                session=session, settings=settings, issuer=request.app.state.issuer, refresh_token=refresh_token, now=now
+            pair = await run_in_session(
+                request,
+                service.refresh_token_pair,
+                settings=settings,
+                issuer=request.app.state.issuer,
+                refresh_token=refresh_token,
+                now=now,
             )
         except service.InvalidRefreshToken as invalid:
             if invalid.reuse_detected:
@@ -76,8 +80,9 @@ def issue_token(
         trusted_proxies=settings.trusted_proxies,
     )
     try:
-        pair = service.login_with_password(
-            session=session,
+        pair = await run_in_session(
+            request,
+            service.login_with_password,
             settings=settings,
             hasher=request.app.state.hasher,
             issuer=request.app.state.issuer,
@@ -106,8 +111,8 @@ def issue_token(
     summary="RFC 7009 revocation of a refresh token (and its family)",
     responses=documented_errors(413, 422, 503),
 )
-def revoke(request: Request, session: SessionDep, token: Annotated[str, Form()], token_type_hint: FormField = None) -> JSONResponse:
-    service.revoke_refresh_token(session=session, token=token, now=datetime.now(UTC))
+async def revoke(request: Request, token: Annotated[str, Form()], token_type_hint: FormField = None) -> JSONResponse:
+    await run_in_session(request, service.revoke_refresh_token, token=token, now=datetime.now(UTC))
     return JSONResponse({}, headers=NO_STORE)
 
 

@@ -1,10 +1,11 @@
 """The SQLAlchemy engine and sessions, built from Settings; nothing here knows a route."""
 
 import logging
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -70,19 +71,28 @@ def database_answers(engine: Engine) -> bool:
     return True
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    session = request.app.state.session_factory()
-    try:
-        yield session
-    finally:
+Result = TypeVar("Result")
+
+
+async def run_in_session(request: Request, work: Callable[..., Result], /, **arguments: Any) -> Result:
+    """`work(session=..., **arguments)` in one worker thread, in a session opened and closed in that thread.
+
+    One thread-pool hop per request (a `def` endpoint with a `yield` session dependency takes three), and the
+    connection is back in the pool before the thread is free: no request ever holds a connection while it
+    waits for a thread, which with as many threads as connections deadlocks under a burst.
+    """
+    session_factory = request.app.state.session_factory
+
+    def in_one_session() -> Result:
+        session = session_factory()
         try:
-            session.close()
-        except DBAPIError:
-            # The connection died after the endpoint finished; its transaction is over either way, and
-            # the pool discards the connection. Raising here would break an answer already decided.
-            logger.warning("database connection lost while closing a session")
+            return work(session=session, **arguments)
+        finally:
+            try:
+                session.close()
+            except DBAPIError:
+                # The connection died after the work finished; its transaction is over either way, and
+                # the pool discards the connection. Raising here would break an answer already decided.
+                logger.warning("database connection lost while closing a session")
 
-
-# scope="function": the session is closed when the endpoint returns, before the response is sent, so
-# the connection goes back to the pool at once and a failing close cannot follow a sent response.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+    return await run_in_threadpool(in_one_session)

@@ -34,6 +34,8 @@ class ServiceProcess:
     env: dict[str, str]
     log_path: Path
     workers: int = 2
+    # Another ASGI app than the service's own (the bench's reference app), as "module:attribute".
+    app: str | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -49,7 +51,7 @@ class ServiceProcess:
             "WEB_CONCURRENCY": str(self.workers),
             "PYTHONUNBUFFERED": "1",
         }
-        gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), APP_OF_SERVICE[self.service]]
+        gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), self.app or APP_OF_SERVICE[self.service]]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(gunicorn, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

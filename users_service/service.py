@@ -42,6 +42,46 @@ def authorized_target(*, session: Session, actor: User, user_id: int) -> User:
     return user
 
 
+def _load_caller_and_target(*, session: Session, claims: AccessClaims, user_id: int) -> None:
+    # Both rows in one round trip; authenticated_user and authorized_target then find them in the session.
+    # Rights are still read from the database on every request.
+    session.scalars(select(User).where(User.id.in_({claims.user_id, user_id}))).all()
+
+
+def read_user(*, session: Session, claims: AccessClaims, user_id: int) -> User:
+    _load_caller_and_target(session=session, claims=claims, user_id=user_id)
+    return authorized_target(session=session, actor=authenticated_user(session=session, claims=claims), user_id=user_id)
+
+
+def update_caller(*, session: Session, hasher: PasswordHasher, claims: AccessClaims, data: UserUpdateMe) -> User:
+    actor = authenticated_user(session=session, claims=claims)
+    return update_user(session=session, hasher=hasher, actor=actor, target=actor, data=data)
+
+
+def update_user_by_id(
+    *, session: Session, hasher: PasswordHasher, claims: AccessClaims, user_id: int, data: UserUpdate
+) -> User:
+    _load_caller_and_target(session=session, claims=claims, user_id=user_id)
+    actor = authenticated_user(session=session, claims=claims)
+    target = authorized_target(session=session, actor=actor, user_id=user_id)
+    return update_user(session=session, hasher=hasher, actor=actor, target=target, data=data)
+
+
+def delete_caller(*, session: Session, claims: AccessClaims) -> None:
+    delete_user(session=session, user=authenticated_user(session=session, claims=claims))
+
+
+def delete_user_by_id(*, session: Session, claims: AccessClaims, user_id: int) -> None:
+    _load_caller_and_target(session=session, claims=claims, user_id=user_id)
+    actor = authenticated_user(session=session, claims=claims)
+    delete_user(session=session, user=authorized_target(session=session, actor=actor, user_id=user_id))
+
+
+def list_users_for_admin(*, session: Session, claims: AccessClaims, limit: int, offset: int) -> tuple[list[User], int]:
+    require_admin(authenticated_user(session=session, claims=claims))
+    return list_users(session=session, limit=limit, offset=offset)
+
+
 def require_admin(actor: User) -> None:
     if not actor.is_admin:
         raise ApiError(403, "Admin rights required", error="forbidden")

@@ -1,0 +1,794 @@
+"""`make bench`: both services and a reference app under wrk, as production runs them, on a seeded database.
+
+Starts PostgreSQL if needed, makes its own database, seeds users, starts the auth service, the users service
+and tests/perf/reference_app.py with gunicorn + deploy/gunicorn.conf.py on free ports, drives each endpoint
+with wrk (tests/perf/wrk/*.lua), prints one table with ratios and writes it as JSON and Markdown under
+results/. Everything it started is stopped and its database dropped, also on Ctrl-C or SIGTERM.
+Figures are compared as ratios within one run: absolute numbers drift on a shared machine.
+
+    python -m tests.perf.bench [--workers 2] [--duration 8] [--repeats 3] [--scenarios a,b] [--profile name]
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from shared.passwords import PasswordHasher
+from shared.settings import Settings
+from shared.testing import admin_database_url, create_database, drop_database, new_test_secret, postgres_answers
+from shared.testing import settings_for_tests
+from shared.tokens import AccessTokenIssuer
+from tests.processes import REPO, ServiceProcess, free_port, run_migrations
+
+PERF_DIR = Path(__file__).resolve().parent
+WRK_SCRIPTS = PERF_DIR / "wrk"
+REFERENCE_APP = "tests.perf.reference_app:app"
+
+SEED_PASSWORD = "bench-password-1"
+PACKAGES_OF_NOTE = (
+    "fastapi", "starlette", "uvicorn", "gunicorn", "sqlalchemy", "psycopg2-binary", "pydantic", "argon2-cffi",
+)
+ADMIN_ID = 1
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    workers: int = 2
+    duration_seconds: int = 8
+    warmup_seconds: int = 2
+    repeats: int = 3
+    connections: int = 32
+    # Logins: more connections than threads and hash slots, so the hash queue is always full.
+    storm_connections: int = 64
+    wrk_threads: int = 1
+    users: int = 10_000
+    scaling: bool = True
+    scenarios: tuple[str, ...] = ()
+    profile: tuple[str, ...] = ()
+    results_dir: Path = REPO / "results"
+    keep_logs: bool = False
+    # GET /users/me runs this long instead when set: past the pool timeout (5 s), so that requests stuck
+    # waiting for a connection or a thread show up as 503s instead of merely as a slow run.
+    burst_seconds: int = 0
+
+    @classmethod
+    def smoke(cls, results_dir: Path) -> "BenchConfig":
+        """A few seconds per endpoint, enough to see every request succeed, too short for figures.
+
+        48 connections over 2 workers: more requests at once than each worker has threads and connections together
+        (10 + 10 by default).
+        """
+        return cls(
+            duration_seconds=3, warmup_seconds=0, repeats=1, connections=48, storm_connections=24,
+            users=200, scaling=False, results_dir=results_dir, burst_seconds=7,
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    label: str
+    service: str
+    script: str
+    path: str
+    # Called before every run: the wrk script's arguments (and any seeding the run needs).
+    script_args: Callable[["BenchRun"], list[str]]
+    storm: bool = False
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def wrk_path() -> str | None:
+    """wrk, installed from Debian's package if missing (as root; `apt-get update` first)."""
+    found = shutil.which("wrk")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": 300}
+    print("bench: installing wrk with apt-get", flush=True)
+    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=apt_env, **quiet)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, env=apt_env, **quiet)
+    except subprocess.TimeoutExpired:
+        return None
+    return shutil.which("wrk")
+
+
+@contextmanager
+def postgres_running(admin_url: str) -> Iterator[None]:
+    """PostgreSQL answering at `admin_url`; a local cluster started here is stopped again on exit."""
+    if postgres_answers(admin_url):
+        yield
+        return
+    clusters = sorted(os.listdir("/etc/postgresql")) if Path("/etc/postgresql").is_dir() else []
+    if not clusters or not shutil.which("pg_ctlcluster"):
+        raise RuntimeError("no PostgreSQL answers at TEST_DATABASE_URL and no local cluster to start")
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1], "main"]
+    print(f"bench: starting PostgreSQL {clusters[-1]}", flush=True)
+    subprocess.run([*command, "start"], check=True, capture_output=True, timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while not postgres_answers(admin_url):
+            if time.monotonic() > deadline:
+                raise RuntimeError("PostgreSQL started but does not answer")
+            time.sleep(0.5)
+        yield
+    finally:
+        subprocess.run([*command, "stop"], check=False, capture_output=True, timeout=60)
+
+
+def machine_description(database_url: str) -> dict[str, object]:
+    def first(pattern: str, path: str) -> str | None:
+        try:
+            match = re.search(pattern, Path(path).read_text(), re.MULTILINE)
+        except OSError:
+            return None
+        return match.group(1).strip() if match else None
+
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        server_version = connection.execute(text("SHOW server_version")).scalar()
+    engine.dispose()
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("[")[0].strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    from importlib.metadata import version
+
+    return {
+        "cpu": first(r"^model name\s*:\s*(.*)$", "/proc/cpuinfo"),
+        "cores": cpu_count(),
+        "memory_gib": round(int(first(r"^MemTotal:\s*(\d+)", "/proc/meminfo") or 0) / MIB, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": server_version,
+        "wrk": wrk_version,
+        "packages": {name: version(name) for name in PACKAGES_OF_NOTE},
+        "commit": (commit.stdout.strip() or "unknown") + (" (with local changes)" if dirty else ""),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def worker_pids(process: ServiceProcess) -> list[int]:
+    master = process.process.pid
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(pid) for pid in children]
+
+
+def _status_kib(pid: int, field_name: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (threads included)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(all, idle) jiffies of the whole machine since boot, from /proc/stat."""
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+class PeakMemory:
+    """The peak RSS of each worker of one service during a run.
+
+    The kernel's high-water mark (VmHWM), reset before the run through /proc/PID/clear_refs, misses nothing;
+    where that reset is not allowed, RSS sampled every 50 ms stands in.
+    """
+
+    def __init__(self, process: ServiceProcess) -> None:
+        self._pids = worker_pids(process)
+        self._sampled: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self.kernel_peak = all(self._reset_peak(pid) for pid in self._pids)
+
+    @staticmethod
+    def _reset_peak(pid: int) -> bool:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            for pid in self._pids:
+                rss = _status_kib(pid, "VmRSS") or 0
+                self._sampled[pid] = max(self._sampled.get(pid, 0), rss)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_mib_per_worker(self) -> float:
+        peaks = []
+        for pid in self._pids:
+            peak = _status_kib(pid, "VmHWM") if self.kernel_peak else None
+            peaks.append(max(peak or 0, self._sampled.get(pid, 0)))
+        return round(max(peaks, default=0) / 1024, 1)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class BenchRun:
+    """Everything one bench run set up: database, keys, data files, processes."""
+
+    config: BenchConfig
+    work_dir: Path
+    database_url: str
+    settings: Settings
+    wrk: str
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    tokens_file: Path | None = None
+    usernames_file: Path | None = None
+    admin_token: str = ""
+    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
+    load_average_at_start: list[str] = field(default_factory=lambda: Path("/proc/loadavg").read_text().split()[:3])
+    _files: int = 0
+
+    def data_file(self, stem: str, lines: list[str]) -> Path:
+        self._files += 1
+        path = self.work_dir / f"{stem}-{self._files}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        return {"DATABASE_URL": self.database_url, "APP_ENV": "production", "JWT_SECRET": self.settings.jwt_secret}
+
+
+def seed(run: BenchRun) -> float:
+    """The admin (id 1) and `users` users (ids 2...) in one INSERT, sharing one precomputed Argon2 hash.
+
+    Returns one verify's time, in seconds, with the configured parameters (the median of several, timed here,
+    before any load): the unit of the login ceiling.
+    """
+    hasher = PasswordHasher(run.settings)
+    password_hash = hasher.hash(SEED_PASSWORD)
+    engine = create_engine(run.database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, username, email, full_name, password_hash, is_active, is_admin, token_version,"
+                " created_at, updated_at)"
+                " SELECT g, CASE WHEN g = 1 THEN 'bench_admin' ELSE 'bench_' || lpad((g - 1)::text, 5, '0') END,"
+                " 'bench' || g || '@example.org', 'Bench User ' || g, :hash, true, g = 1, 0, now(), now()"
+                " FROM generate_series(1, :count) AS g"
+            ),
+            {"hash": password_hash, "count": run.config.users + 1},
+        )
+        connection.execute(text("SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))"))
+        connection.execute(text("ANALYZE users"))
+    engine.dispose()
+
+    issuer = AccessTokenIssuer(run.settings)
+    user_ids = range(ADMIN_ID + 1, run.config.users + 2)
+    run.tokens_file = run.data_file("access-tokens", [issuer.issue(user_id=i, token_version=0).token for i in user_ids])
+    run.usernames_file = run.data_file("usernames", [f"bench_{i - 1:05d}" for i in user_ids])
+    # Longer than the whole run, so no admin token expires mid-bench.
+    run.admin_token = issuer.issue(user_id=ADMIN_ID, token_version=0).token
+
+    timings = []
+    for _ in range(9):
+        started = time.perf_counter()
+        assert hasher.verify(password=SEED_PASSWORD, password_hash=password_hash)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def seed_refresh_tokens(run: BenchRun, count: int) -> Path:
+    """`count` live refresh tokens of distinct logins, stored as the auth service stores them (SHA-256 only)."""
+    from auth_service.service import hash_refresh_token
+
+    now = datetime.now(UTC)
+    tokens = [secrets.token_urlsafe(32) for _ in range(count)]
+    rows = [
+        {
+            "token_hash": hash_refresh_token(token),
+            "family_id": str(uuid.uuid4()),
+            "user_id": ADMIN_ID + 1 + index % run.config.users,
+            "issued_at": now,
+            "expires_at": now + timedelta(days=1),
+        }
+        for index, token in enumerate(tokens)
+    ]
+    engine = create_engine(run.database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, issued_at, expires_at)"
+                " VALUES (:token_hash, :family_id, :user_id, :issued_at, :expires_at)"
+            ),
+            rows,
+        )
+    engine.dispose()
+    return run.data_file("refresh-tokens", tokens)
+
+
+def _refresh_args(run: BenchRun) -> list[str]:
+    # Two per connection: every connection starts with one, and a spare covers the first answers in flight.
+    tokens = seed_refresh_tokens(run, 2 * max(run.config.connections, run.config.storm_connections))
+    return [str(tokens), str(run.config.wrk_threads)]
+
+
+SCENARIOS = [
+    Scenario("ref_floor", "reference GET /floor (async, no I/O)", "reference", "get.lua", "/floor", lambda run: []),
+    Scenario("ref_db", "reference GET /me (PyJWT + psycopg2)", "reference", "bearer_get.lua", "/me",
+             lambda run: ["/me", str(run.tokens_file)]),
+    Scenario("users_me", "GET /users/me", "users", "bearer_get.lua", "/users/me",
+             lambda run: ["/users/me", str(run.tokens_file)]),
+    Scenario("users_by_id", "GET /users/{id} as admin", "users", "admin_get_user.lua", "/users/2",
+             lambda run: [run.admin_token, str(ADMIN_ID + 1), str(ADMIN_ID + run.config.users)]),
+    Scenario("users_patch_me", "PATCH /users/me", "users", "patch_me.lua", "/users/me",
+             lambda run: [str(run.tokens_file)]),
+    Scenario("users_sign_up", "POST /users (sign-up, hashes)", "users", "sign_up.lua", "/users",
+             lambda run: [run.nonce + secrets.token_hex(2)]),
+    Scenario("token_password", "POST /token password (login storm)", "auth", "login.lua", "/token",
+             lambda run: [str(run.usernames_file), SEED_PASSWORD], storm=True),
+    Scenario("token_refresh", "POST /token refresh_token", "auth", "refresh.lua", "/token", _refresh_args),
+]
+SCALING_SCENARIOS = ("ref_db", "users_me", "token_password")
+
+
+def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path | None = None) -> dict[str, object]:
+    process = run.processes[scenario.service]
+    connections = run.config.storm_connections if scenario.storm else run.config.connections
+    command = [
+        run.wrk, "-t", str(run.config.wrk_threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
+        "-s", str(WRK_SCRIPTS / scenario.script), process.url + scenario.path, "--", *scenario.script_args(run),
+    ]
+    workers = worker_pids(process)
+    with ExitStack() as stack:
+        memory = stack.enter_context(PeakMemory(process))
+        if profile_to is not None:
+            stack.enter_context(profiling(process, seconds, profile_to))
+        cpu_before, machine_before = cpu_seconds(workers), machine_cpu()
+        started = time.monotonic()
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+        elapsed = time.monotonic() - started
+        cpu_used, machine_after = cpu_seconds(workers) - cpu_before, machine_cpu()
+    summary_line = next((line for line in finished.stdout.splitlines() if line.startswith("BENCH_JSON ")), None)
+    if finished.returncode != 0 or summary_line is None:
+        raise RuntimeError(f"wrk failed for {scenario.name} ({finished.returncode}): {finished.stderr.strip()[:500]}")
+    figures = json.loads(summary_line.removeprefix("BENCH_JSON "))
+    seconds_measured = figures["duration_us"] / 1e6
+    socket_errors = sum(figures[name] for name in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+    return {
+        "requests": figures["requests"],
+        "rps": figures["requests"] / seconds_measured if seconds_measured else 0.0,
+        "p50_ms": figures["latency_p50_us"] / 1000,
+        "p90_ms": figures["latency_p90_us"] / 1000,
+        "p99_ms": figures["latency_p99_us"] / 1000,
+        "max_ms": figures["latency_max_us"] / 1000,
+        "non2xx": figures["non2xx"],
+        "non2xx_statuses": figures["non2xx_statuses"],
+        "socket_errors": socket_errors,
+        "peak_rss_mib_per_worker": memory.peak_mib_per_worker(),
+        # Worker CPU per request: steadier than req/s when other processes share the machine.
+        "cpu_ms_per_request": 1000 * cpu_used / figures["requests"] if figures["requests"] else 0.0,
+        # How many cores the service's workers used, and how busy the whole machine was (other processes too).
+        "worker_cores_used": cpu_used / elapsed if elapsed else 0.0,
+        "machine_busy": 1 - ratio(machine_after[1] - machine_before[1], machine_after[0] - machine_before[0]),
+        "connections": connections,
+    }
+
+
+def start_processes(run: BenchRun, workers: int, logs: Path) -> None:
+    for name in ("reference", "users", "auth"):
+        log = logs / f"{name}-{workers}w.log"
+        app = REFERENCE_APP if name == "reference" else None
+        run.processes[name] = ServiceProcess(name, free_port(), run.service_env, log, workers=workers, app=app).start(
+            timeout=60
+        )
+
+
+def stop_processes(run: BenchRun) -> None:
+    for process in run.processes.values():
+        process.stop()
+    run.processes.clear()
+
+
+def measure(run: BenchRun, scenarios: list[Scenario], *, phase: str) -> dict[str, dict[str, object]]:
+    """Every scenario `repeats` times, round-robin so that drift hits all alike; medians per scenario."""
+    config = run.config
+    if config.warmup_seconds:
+        for scenario in scenarios:
+            print(f"bench: [{phase}] warm-up {scenario.name}", flush=True)
+            warm = run_wrk(run, scenario, config.warmup_seconds)
+            # Warm-up failures count too: zero non-2xx means zero from the first request on.
+            warm_errors = {"non2xx": warm["non2xx"], "socket_errors": warm["socket_errors"]}
+            run.work_dir.joinpath(f"warmup-{phase}-{scenario.name}.json").write_text(json.dumps(warm_errors))
+    samples: dict[str, list[dict[str, object]]] = {scenario.name: [] for scenario in scenarios}
+    for repeat in range(config.repeats):
+        for scenario in scenarios:
+            seconds = config.burst_seconds if config.burst_seconds and scenario.name == "users_me" else None
+            figures = run_wrk(run, scenario, seconds or config.duration_seconds)
+            samples[scenario.name].append(figures)
+            print(
+                f"bench: [{phase}] {repeat + 1}/{config.repeats} {scenario.name:15} {figures['rps']:8.1f} req/s"
+                f"  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms  non-2xx {figures['non2xx']}",
+                flush=True,
+            )
+    results = {}
+    for scenario in scenarios:
+        runs = samples[scenario.name]
+        warm_file = run.work_dir / f"warmup-{phase}-{scenario.name}.json"
+        warm = json.loads(warm_file.read_text()) if warm_file.exists() else {"non2xx": 0, "socket_errors": 0}
+        statuses: Counter[str] = Counter()
+        for one in runs:
+            statuses.update(one["non2xx_statuses"])
+        results[scenario.name] = {
+            "label": scenario.label,
+            "service": scenario.service,
+            "connections": runs[0]["connections"],
+            "rps": statistics.median(one["rps"] for one in runs),
+            "p50_ms": statistics.median(one["p50_ms"] for one in runs),
+            "p99_ms": statistics.median(one["p99_ms"] for one in runs),
+            "non2xx": sum(one["non2xx"] for one in runs) + warm["non2xx"],
+            "non2xx_statuses": dict(statuses),
+            "socket_errors": sum(one["socket_errors"] for one in runs) + warm["socket_errors"],
+            "peak_rss_mib_per_worker": max(one["peak_rss_mib_per_worker"] for one in runs),
+            "cpu_ms_per_request": statistics.median(one["cpu_ms_per_request"] for one in runs),
+            "worker_cores_used": statistics.median(one["worker_cores_used"] for one in runs),
+            "machine_busy": statistics.median(one["machine_busy"] for one in runs),
+            "requests": sum(one["requests"] for one in runs),
+            "repeats": runs,
+        }
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- profiling
+
+
+@contextmanager
+def profiling(process: ServiceProcess, seconds: int, out_dir: Path) -> Iterator[None]:
+    """py-spy samples every worker of `process` for `seconds`; collapsed stacks and a summary go to `out_dir`."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorders = []
+    for pid in worker_pids(process):
+        raw = out_dir / f"worker-{pid}.txt"
+        # --gil: only the thread holding the GIL, i.e. where the worker's Python CPU time goes.
+        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
+                   "--format", "raw", "--output", str(raw), "--nonblocking", "--gil"]
+        recorders.append((subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw))
+    try:
+        yield
+    finally:
+        for recorder, _raw in recorders:
+            try:
+                recorder.wait(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+                recorder.wait()
+    summarise_profile([raw for _recorder, raw in recorders if raw.exists()], out_dir / "summary.txt")
+
+
+def _package_of(frame: str) -> str:
+    """`function (sqlalchemy/orm/session.py:12)` -> `sqlalchemy`; a standard-library module keeps its file name."""
+    location = frame.rpartition("(")[2].rstrip(")").rsplit(":", 1)[0]
+    parts = location.split("/")
+    return parts[0] if len(parts) > 1 else location
+
+
+def summarise_profile(raw_files: list[Path], summary_path: Path, top: int = 40) -> None:
+    """Self and inclusive sample shares per function, over all workers' collapsed stacks."""
+    self_samples: Counter[str] = Counter()
+    by_package: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for raw in raw_files:
+        for line in raw.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = [frame for frame in stack.split(";") if frame]
+            if not frames:
+                continue
+            total += count
+            self_samples[frames[-1]] += count
+            by_package[_package_of(frames[-1])] += count
+            for frame in set(frames):
+                inclusive[frame] += count
+    lines = [f"{total} samples of the thread holding the GIL", "", "self %  package or module"]
+    lines += [f"{100 * n / total:6.1f}  {package}" for package, n in by_package.most_common(25)] if total else []
+    lines += ["", "self %  function"]
+    lines += [f"{100 * n / total:6.1f}  {frame}" for frame, n in self_samples.most_common(top)] if total else []
+    lines += ["", "incl %  function"]
+    lines += [f"{100 * n / total:6.1f}  {frame}" for frame, n in inclusive.most_common(top)] if total else []
+    summary_path.write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def build_report(run: BenchRun, verify_seconds: float, main: dict, scaling: dict | None, machine: dict) -> dict:
+    cores = cpu_count()
+    ceiling = cores / verify_seconds
+    settings = run.settings
+
+    def rps(name: str) -> float:
+        return main[name]["rps"] if name in main else 0.0
+
+    checks = []
+
+    def check(name: str, value: float, target: str, ok: bool | None) -> None:
+        checks.append({"name": name, "value": round(value, 3), "target": target, "met": ok})
+
+    if "users_me" in main and "ref_db" in main:
+        check("GET /users/me / reference DB route", ratio(rps("users_me"), rps("ref_db")), ">= 0.85",
+              ratio(rps("users_me"), rps("ref_db")) >= 0.85)
+    if "users_by_id" in main and "ref_db" in main:
+        check("GET /users/{id} / reference DB route", ratio(rps("users_by_id"), rps("ref_db")), ">= 0.85",
+              ratio(rps("users_by_id"), rps("ref_db")) >= 0.85)
+    if "token_password" in main:
+        check("login rate / hash-bound ceiling", ratio(rps("token_password"), ceiling), ">= 0.85",
+              ratio(rps("token_password"), ceiling) >= 0.85)
+    if "users_me" in main:
+        spread = ratio(main["users_me"]["p99_ms"], main["users_me"]["p50_ms"])
+        check("GET /users/me p99 / p50", spread, "< 10", spread < 10)
+    if "token_password" in main:
+        peak = main["token_password"]["peak_rss_mib_per_worker"]
+        check("peak RSS per auth worker in the login storm (MiB)", peak, "< 150", peak < 150)
+    failures = sum(one["non2xx"] + one["socket_errors"] for one in main.values())
+    check("non-2xx and socket errors under load", failures, "0", failures == 0)
+    if "ref_db" in main and "ref_floor" in main:
+        check("reference DB route / reference floor", ratio(rps("ref_db"), rps("ref_floor")), "(context)", None)
+    if "token_password" in main:
+        # What the code controls when other processes share the cores: the part of the auth workers' CPU that
+        # goes into Argon2. On an otherwise idle machine the login ratio above tends to this.
+        hash_share = ratio(verify_seconds * 1000, main["token_password"]["cpu_ms_per_request"])
+        check("one verify / auth worker CPU per login (hash share)", hash_share, "(context)", None)
+        check("cores the auth workers got in the login storm", main["token_password"]["worker_cores_used"],
+              f"(of {cores})", None)
+    if "users_sign_up" in main:
+        check("sign-up rate / hash-bound ceiling", ratio(rps("users_sign_up"), ceiling), "(context)", None)
+    scaling_rows = {}
+    if scaling:
+        for name, one in scaling.items():
+            if name in main:
+                scaling_rows[name] = {"rps_1_worker": one["rps"], "rps_2_workers": main[name]["rps"],
+                                      "speed_up": ratio(main[name]["rps"], one["rps"])}
+    busy = [one["machine_busy"] for one in main.values()]
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_at_start": run.load_average_at_start,
+        "machine_busy_median": statistics.median(busy) if busy else 0.0,
+        "machine": machine,
+        "config": {**{k: v for k, v in asdict(run.config).items() if k != "results_dir"},
+                   "db_pool_size": settings.db_pool_size, "db_max_overflow": settings.db_max_overflow,
+                   "threadpool_size": settings.effective_threadpool_size,
+                   "password_hash_concurrency": settings.password_hash_concurrency,
+                   "argon2": {"memory_kib": settings.argon2_memory_kib, "time_cost": settings.argon2_time_cost,
+                              "parallelism": settings.argon2_parallelism}},
+        "verify_ms": verify_seconds * 1000,
+        "hash_bound_ceiling_rps": ceiling,
+        "scenarios": main,
+        "scaling": scaling_rows,
+        "checks": checks,
+    }
+
+
+def format_table(report: dict) -> str:
+    config = report["config"]
+    machine = report["machine"]
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; Python {machine['python']},"
+        f" PostgreSQL {machine['postgresql']}, {machine['wrk']}; commit {machine['commit']}",
+        f"Each service and the reference: gunicorn + UvicornWorker, {config['workers']} workers, DB pool"
+        f" {config['db_pool_size']}+{config['db_max_overflow']}, threadpool {config['threadpool_size']};"
+        f" Argon2id m={config['argon2']['memory_kib']} KiB t={config['argon2']['time_cost']}"
+        f" p={config['argon2']['parallelism']}, {config['password_hash_concurrency']} hashes at once per worker.",
+        f"wrk -t{config['wrk_threads']}, {config['duration_seconds']} s x {config['repeats']} (medians), after"
+        f" {config['warmup_seconds']} s warm-up; {config['users']} seeded users. Load average at start"
+        f" {' '.join(report['load_average_at_start'])}; machine CPU busy during the runs (median)"
+        f" {100 * report['machine_busy_median']:.0f} %.",
+        "",
+        "| endpoint | conns | req/s | p50 ms | p99 ms | p99/p50 | non-2xx | peak RSS/worker MiB | worker CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for one in report["scenarios"].values():
+        errors = one["non2xx"] + one["socket_errors"]
+        lines.append(
+            f"| {one['label']} | {one['connections']} | {one['rps']:.0f} | {one['p50_ms']:.2f} | {one['p99_ms']:.2f}"
+            f" | {ratio(one['p99_ms'], one['p50_ms']):.1f} | {errors} | {one['peak_rss_mib_per_worker']:.0f}"
+            f" | {one['cpu_ms_per_request']:.2f} |"
+        )
+    lines += [
+        "",
+        f"One Argon2 verify: {report['verify_ms']:.1f} ms; hash-bound login ceiling = {machine['cores']} cores / verify"
+        f" = {report['hash_bound_ceiling_rps']:.1f} logins/s",
+        "",
+        "| ratio | value | target | met |",
+        "|---|---:|---|---|",
+    ]
+    for one in report["checks"]:
+        met = {True: "yes", False: "NO", None: "-"}[one["met"]]
+        lines.append(f"| {one['name']} | {one['value']:.2f} | {one['target']} | {met} |")
+    if report["scaling"]:
+        lines += ["", "| 1 -> 2 workers | 1 worker req/s | 2 workers req/s | speed-up |", "|---|---:|---:|---:|"]
+        for name, one in report["scaling"].items():
+            label = report["scenarios"][name]["label"]
+            lines.append(
+                f"| {label} | {one['rps_1_worker']:.0f} | {one['rps_2_workers']:.0f} | {one['speed_up']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+def run_bench(config: BenchConfig, *, wrk: str, work_dir: Path) -> dict:
+    """One full bench run; returns the report (also written under `config.results_dir`)."""
+    chosen = [s for s in SCENARIOS if not config.scenarios or s.name in config.scenarios]
+    unknown = set(config.scenarios) - {s.name for s in SCENARIOS}
+    if unknown:
+        raise ValueError(f"unknown scenarios: {sorted(unknown)}; known: {[s.name for s in SCENARIOS]}")
+    admin_url = admin_database_url()
+    logs = work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as cleanup:
+        cleanup.enter_context(postgres_running(admin_url))
+        database_url = create_database(admin_url)
+        cleanup.callback(drop_database, admin_url, database_url)
+        run_migrations(database_url)
+        settings = settings_for_tests(database_url, jwt_secret=new_test_secret())
+        run = BenchRun(config=config, work_dir=work_dir, database_url=database_url, settings=settings, wrk=wrk)
+        print(f"bench: seeding {config.users} users", flush=True)
+        verify_seconds = seed(run)
+        machine = machine_description(database_url)
+        cleanup.callback(stop_processes, run)
+        start_processes(run, config.workers, logs)
+        main = measure(run, chosen, phase=f"{config.workers} workers")
+        for name in config.profile:
+            scenario = next(s for s in SCENARIOS if s.name == name)
+            out = config.results_dir / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            print(f"bench: profiling {name} with py-spy -> {out}", flush=True)
+            run_wrk(run, scenario, config.duration_seconds, profile_to=out)
+        scaling = None
+        scaling_chosen = [s for s in chosen if s.name in SCALING_SCENARIOS]
+        if config.scaling and config.workers != 1 and scaling_chosen:
+            stop_processes(run)
+            start_processes(run, 1, logs)
+            scaling = measure(run, scaling_chosen, phase="1 worker")
+        report = build_report(run, verify_seconds, main, scaling, machine)
+    return report
+
+
+def write_report(report: dict, results_dir: Path) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    json_path = results_dir / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str))
+    (results_dir / f"bench-{stamp}.md").write_text(format_table(report) + "\n")
+    shutil.copyfile(json_path, results_dir / "bench-latest.json")
+    return json_path
+
+
+def parse_args(argv: list[str]) -> BenchConfig:
+    parser = argparse.ArgumentParser(prog="python -m tests.perf.bench", description=__doc__.split("\n")[0])
+    defaults = BenchConfig()
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", defaults.workers)))
+    parser.add_argument("--duration", type=int, default=defaults.duration_seconds, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup_seconds, help="seconds of warm-up per endpoint")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--connections", type=int, default=defaults.connections)
+    parser.add_argument("--storm-connections", type=int, default=defaults.storm_connections)
+    parser.add_argument("--wrk-threads", type=int, default=defaults.wrk_threads)
+    parser.add_argument("--users", type=int, default=defaults.users)
+    parser.add_argument("--no-scaling", action="store_true", help="skip the 1-worker runs")
+    names = ",".join(scenario.name for scenario in SCENARIOS)
+    parser.add_argument("--scenarios", default="", help=f"comma-separated subset of {names}")
+    parser.add_argument("--profile", default="", help="comma-separated scenarios to sample with py-spy afterwards")
+    parser.add_argument("--results", type=Path, default=defaults.results_dir)
+    parser.add_argument("--keep-logs", action="store_true", help="copy the services' logs under the results folder")
+    args = parser.parse_args(argv)
+    split = lambda value: tuple(part for part in value.split(",") if part)  # noqa: E731
+    return replace(
+        defaults, workers=args.workers, duration_seconds=args.duration, warmup_seconds=args.warmup,
+        repeats=args.repeats, connections=args.connections, storm_connections=args.storm_connections,
+        wrk_threads=args.wrk_threads, users=args.users, scaling=not args.no_scaling,
+        scenarios=split(args.scenarios), profile=split(args.profile), results_dir=args.results,
+        keep_logs=args.keep_logs,
+    )
+
+
+def keep_logs(work_dir: Path, results_dir: Path, why: str) -> None:
+    logs = work_dir / "logs"
+    if logs.exists():
+        kept = results_dir / f"{why}-{time.strftime('%Y%m%d-%H%M%S')}-logs"
+        shutil.copytree(logs, kept)
+        print(f"bench: service logs kept in {kept}", file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    config = parse_args(argv)
+    wrk = wrk_path()
+    if wrk is None:
+        print("bench: wrk is missing and could not be installed (apt-get install wrk, as root)", file=sys.stderr)
+        return 2
+
+    def stop_on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        try:
+            report = run_bench(config, wrk=wrk, work_dir=Path(work))
+        except KeyboardInterrupt:
+            print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+            return 130
+        except Exception:
+            keep_logs(Path(work), config.results_dir, "failed")
+            raise
+        if config.keep_logs:
+            keep_logs(Path(work), config.results_dir, "run")
+    path = write_report(report, config.results_dir)
+    print()
+    print(format_table(report))
+    print(f"\nbench: {time.monotonic() - started:.0f} s; written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
