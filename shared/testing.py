@@ -10,6 +10,7 @@ import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,17 +62,24 @@ def drop_database(admin_url: str, database_url: str) -> None:
     engine.dispose()
 
 
+@contextmanager
+def migrated_database(admin_url: str) -> Iterator[str]:
+    """A new PostgreSQL database beside the admin URL's, migrated to head, dropped on exit."""
+    url = create_database(admin_url)
+    try:
+        upgrade_to_head(url)
+        yield url
+    finally:
+        drop_database(admin_url, url)
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A migrated database for this test session, PostgreSQL when one answers."""
     admin_url = admin_database_url()
     if postgres_answers(admin_url):
-        url = create_database(admin_url)
-        try:
-            upgrade_to_head(url)
+        with migrated_database(admin_url) as url:
             yield url
-        finally:
-            drop_database(admin_url, url)
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and no PostgreSQL answers at TEST_DATABASE_URL ({make_url(admin_url).host})")

@@ -13,13 +13,11 @@ import pytest
 from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import Engine
 
-from shared.migrate import upgrade_to_head
 from shared.models import User
 from shared.passwords import PasswordHasher
 from shared.testing import (
     admin_database_url,
-    create_database,
-    drop_database,
+    migrated_database,
     new_test_secret,
     postgres_answers,
     settings_for_tests,
@@ -92,12 +90,8 @@ def fuzz_database_url() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true and no PostgreSQL answers at TEST_DATABASE_URL")
         pytest.skip("the fuzz suites need PostgreSQL (TEST_DATABASE_URL)")
-    url = create_database(admin_url)
-    try:
-        upgrade_to_head(url)
+    with migrated_database(admin_url) as url:
         yield url
-    finally:
-        drop_database(admin_url, url)
 
 
 @pytest.fixture(scope="session")
