@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage compose-check lint-containers bench migrate lock clean keys
+.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage compose-check lint-containers lint bench migrate lock clean keys
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
@@ -27,11 +27,16 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/python deploy/write-local-env.py
 	deploy/run-local.sh
 
+## make lint: ruff (pyflakes, pycodestyle, import order) on all Python code.
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
 ## make test: the auth suite, the users suite and the end-to-end suite, each on its own database;
 ## last, the database fault tests, which stop and restart the local PostgreSQL for a few seconds.
 test: $(VENV)/.dev-installed
 	@$(BIN)/python -m shared.testing
 	@status=0; \
+	$(BIN)/ruff check . || status=1; \
 	$(PYTEST) auth_service/tests || status=1; \
 	$(PYTEST) users_service/tests || status=1; \
 	$(PYTEST) tests --ignore=tests/fault || status=1; \

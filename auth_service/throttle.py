@@ -120,6 +120,4 @@ def clear_login_failures(*, session: Session, username_key: str, address: str) -
     Failures from other addresses still count, so a login by the owner does not give an attacker
     elsewhere a fresh set of guesses.
     """
-    session.execute(
-        delete(LoginFailure).where(LoginFailure.username == username_key, LoginFailure.address == address)
-    )
+    session.execute(delete(LoginFailure).where(LoginFailure.username == username_key, LoginFailure.address == address))

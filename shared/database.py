@@ -39,7 +39,7 @@ def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
 
 
 def _set_statement_timeout(engine: Engine, timeout_ms: int) -> None:
-    # A SET on connect, not the `options` startup parameter: PgBouncer (Neon's pooler) refuses unknown startup parameters.
+    # A SET on connect, not the `options` startup parameter, which PgBouncer (Neon's pooler) refuses.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
         with dbapi_connection.cursor() as cursor:

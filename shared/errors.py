@@ -120,10 +120,14 @@ def install_error_handlers(app: FastAPI) -> None:
             # Class 40, transaction rollback (deadlock, serialization failure): the database is fine, retry.
             logger.warning("transaction rolled back on %s %s", request.method, request.url.path)
             return error_response(
-                503, "Conflict with a concurrent request; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)}
+                503,
+                "Conflict with a concurrent request; try again",
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
             )
         if _is_database_unavailable(exc):
-            logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
+            logger.warning(
+                "database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__
+            )
             return error_response(
                 503, "Database unavailable; try again", headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
             )
@@ -132,9 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeoutError)
     async def _pool_timeout(request: Request, _exc: PoolTimeoutError) -> JSONResponse:
         logger.warning("database pool exhausted on %s %s", request.method, request.url.path)
-        return error_response(
-            503, "Database busy; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)}
-        )
+        return error_response(503, "Database busy; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

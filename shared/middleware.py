@@ -1,7 +1,8 @@
 """ASGI middleware both services install: the raw request body checks.
 
-Requests framed twice (Content-Length and Transfer-Encoding) get 400, bodies over the limit get 413, and bodies that are not UTF-8 where UTF-8 is required get 422, before
-any route runs. Form parsing would otherwise turn invalid UTF-8 into replacement characters silently.
+Requests framed twice (Content-Length and Transfer-Encoding) get 400, bodies over the limit get 413, and
+bodies that are not UTF-8 where UTF-8 is required get 422, before any route runs. Form parsing would
+otherwise turn invalid UTF-8 into replacement characters silently.
 """
 
 import json

@@ -17,8 +17,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from sqlalchemy import Engine, event
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,7 +46,10 @@ HTTP_LATENCY = Histogram(
 LOGIN_ATTEMPTS = Counter("auth_login_attempts_total", "Password logins by outcome", ["outcome"])
 REFRESH_REUSE = Counter("auth_refresh_token_reuse_detected_total", "Retired refresh tokens presented again")
 DB_POOL_IN_USE = Gauge(
-    "db_pool_connections_in_use", "Database connections checked out of the pool", ["service"], multiprocess_mode="livesum"
+    "db_pool_connections_in_use",
+    "Database connections checked out of the pool",
+    ["service"],
+    multiprocess_mode="livesum",
 )
 
 

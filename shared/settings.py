@@ -148,7 +148,9 @@ class Settings(BaseSettings):
     def effective_cors_origins(self) -> list[str]:
         if self.cors_origins or self.app_env != "local":
             return self.cors_origins
-        return [f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in (self.auth_port, self.users_port)]
+        return [
+            f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in (self.auth_port, self.users_port)
+        ]
 
 
 class MigrationSettings(BaseSettings):
@@ -157,7 +159,9 @@ class MigrationSettings(BaseSettings):
     A migration job needs no signing key, so it is not made to carry one.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = LOCAL_SQLITE_URL
     migration_database_url: str | None = None

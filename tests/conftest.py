@@ -86,7 +86,9 @@ class Api:
     def sign_up(self, **fields: object) -> Account:
         username = str(fields.pop("username", f"e2e_{secrets.token_hex(5)}"))
         password = str(fields.pop("password", f"pw-{secrets.token_hex(8)}"))
-        response = self.http.post(f"{self.stack.users_url}/users", json={"username": username, "password": password, **fields})
+        response = self.http.post(
+            f"{self.stack.users_url}/users", json={"username": username, "password": password, **fields}
+        )
         assert response.status_code == 201, response.text
         return Account(response.json()["id"], username.lower(), password)
 

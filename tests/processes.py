@@ -51,7 +51,14 @@ class ServiceProcess:
             "WEB_CONCURRENCY": str(self.workers),
             "PYTHONUNBUFFERED": "1",
         }
-        gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), self.app or APP_OF_SERVICE[self.service]]
+        gunicorn = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(GUNICORN_CONFIG),
+            self.app or APP_OF_SERVICE[self.service],
+        ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(gunicorn, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -1,4 +1,7 @@
-"""End to end with EdDSA and RS256: the users service checks tokens through the auth service's JWKS, across a key rotation."""
+"""End to end with EdDSA and RS256: the users service checks tokens through the auth service's JWKS.
+
+Across a key rotation: tokens signed before it stay valid, tokens signed after it are accepted too.
+"""
 
 import base64
 import hashlib
@@ -51,11 +54,17 @@ def test_jwks_verification_across_key_rotation(algorithm: str, database_url: str
     common = service_env(database_url, JWT_ALGORITHM=algorithm)
     common.pop("JWT_SECRET")
     auth_env = {**common, "JWT_PRIVATE_KEY_FILE": str(old_key)}
-    users_env = {**common, "JWKS_URL": f"http://127.0.0.1:{auth_port}/.well-known/jwks.json", "JWKS_MIN_REFETCH_SECONDS": "0"}
+    users_env = {
+        **common,
+        "JWKS_URL": f"http://127.0.0.1:{auth_port}/.well-known/jwks.json",
+        "JWKS_MIN_REFETCH_SECONDS": "0",
+    }
     auth = ServiceProcess("auth", auth_port, auth_env, tmp_path / "auth.log", workers=1).start()
     users = ServiceProcess("users", free_port(), users_env, tmp_path / "users.log", workers=1).start()
     try:
-        signed_up = requests.post(f"{users.url}/users", json={"username": f"jwks_{secrets.token_hex(5)}", "password": "password123"})
+        signed_up = requests.post(
+            f"{users.url}/users", json={"username": f"jwks_{secrets.token_hex(5)}", "password": "password123"}
+        )
         assert signed_up.status_code == 201
         username = signed_up.json()["username"]
         before = token_for(auth.url, username, "password123")
@@ -72,8 +81,10 @@ def test_jwks_verification_across_key_rotation(algorithm: str, database_url: str
             me = requests.get(f"{users.url}/users/me", headers={"Authorization": f"Bearer {token}"})
             assert me.status_code == 200 and me.json()["username"] == username
         # Key confusion: an HS256 token whose HMAC key is the published public key must not pass.
-        public_pem = serialization.load_pem_private_key(new_key.read_bytes(), None).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        public_pem = (
+            serialization.load_pem_private_key(new_key.read_bytes(), None)
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         claims = jwt.decode(after, options={"verify_signature": False})
         forged = hs256_token(claims, public_pem, kid=jwt.get_unverified_header(after)["kid"])

@@ -17,13 +17,20 @@ def test_burst_beyond_the_pools_is_served_or_refused_never_stuck(database_url: s
     users = ServiceProcess("users", free_port(), env, tmp_path / "users.log", workers=1).start()
     try:
         username = f"burst_{secrets.token_hex(4)}"
-        assert requests.post(f"{users.url}/users", json={"username": username, "password": "password123"}).status_code == 201
-        token = requests.post(f"{auth.url}/token", data={"username": username, "password": "password123"}).json()["access_token"]
+        assert (
+            requests.post(f"{users.url}/users", json={"username": username, "password": "password123"}).status_code
+            == 201
+        )
+        token = requests.post(f"{auth.url}/token", data={"username": username, "password": "password123"}).json()[
+            "access_token"
+        ]
         headers = {"Authorization": f"Bearer {token}"}
 
         def one(index: int) -> int:
             if index % 3 == 0:
-                response = requests.patch(f"{users.url}/users/me", json={"full_name": f"n{index}"}, headers=headers, timeout=30)
+                response = requests.patch(
+                    f"{users.url}/users/me", json={"full_name": f"n{index}"}, headers=headers, timeout=30
+                )
             else:
                 response = requests.get(f"{users.url}/users/me", headers=headers, timeout=30)
             return response.status_code

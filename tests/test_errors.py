@@ -47,7 +47,11 @@ def test_bad_json_is_422(urls: dict[str, str], body: bytes) -> None:
 
 
 def test_json_endpoint_refuses_other_content_type(urls: dict[str, str]) -> None:
-    response = requests.post(urls["users"], data=b'{"username": "someone", "password": "password123"}', headers={"content-type": "text/plain"})
+    response = requests.post(
+        urls["users"],
+        data=b'{"username": "someone", "password": "password123"}',
+        headers={"content-type": "text/plain"},
+    )
     assert response.status_code in (415, 422) and "detail" in response.json()
 
 

@@ -1,7 +1,6 @@
 """End to end: JSON request logs without secrets, X-Request-ID, and Prometheus metrics across workers."""
 
 import json
-import secrets
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,12 @@ def exercise_every_secret_path(api: Api) -> list[str]:
     api.login(account.username, "wrong secret password")
     rotated = api.refresh(tokens["refresh_token"]).json()
     api.refresh(tokens["refresh_token"])
-    api.users("PATCH", "/users/me", rotated["access_token"], json={"password": "second secret password", "current_password": "first secret password"})
+    api.users(
+        "PATCH",
+        "/users/me",
+        rotated["access_token"],
+        json={"password": "second secret password", "current_password": "first secret password"},
+    )
     api.users("GET", "/users/me", rotated["access_token"])
     api.users("GET", "/users/me", rotated["access_token"] + "tampered")
     api.users("POST", "/users", json={"username": "x", "password": "short"})
@@ -106,9 +110,11 @@ def test_metrics_count_logins_and_requests_across_workers(api: Api) -> None:
     for _ in range(6):
         api.users("GET", "/users/me", api.tokens(account)["access_token"])
     after = requests.get(f"{api.stack.auth_url}/metrics").text
-    assert metric_value(after, "auth_login_attempts_total", outcome="failure") - metric_value(
-        before, "auth_login_attempts_total", outcome="failure"
-    ) >= 3
+    assert (
+        metric_value(after, "auth_login_attempts_total", outcome="failure")
+        - metric_value(before, "auth_login_attempts_total", outcome="failure")
+        >= 3
+    )
     assert metric_value(after, "auth_refresh_token_reuse_detected_total") > metric_value(
         before, "auth_refresh_token_reuse_detected_total"
     )

@@ -45,9 +45,12 @@ def test_failed_logins_are_throttled_across_workers(api: Api) -> None:
     account = api.sign_up()
     # Five failures spread over both gunicorn workers by separate connections; the count lives in the database.
     for _ in range(5):
-        assert requests.post(
-            f"{api.stack.auth_url}/token", data={"username": account.username, "password": "wrong password"}
-        ).status_code == 401
+        assert (
+            requests.post(
+                f"{api.stack.auth_url}/token", data={"username": account.username, "password": "wrong password"}
+            ).status_code
+            == 401
+        )
     throttled = requests.post(
         f"{api.stack.auth_url}/token", data={"username": account.username, "password": account.password}
     )

@@ -26,7 +26,9 @@ bearer_scheme = OAuth2PasswordBearer(
 
 def unauthorized(detail: str, *, invalid_token: bool = True) -> ApiError:
     challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
-    return ApiError(401, detail, error="invalid_token" if invalid_token else None, headers={"WWW-Authenticate": challenge})
+    return ApiError(
+        401, detail, error="invalid_token" if invalid_token else None, headers={"WWW-Authenticate": challenge}
+    )
 
 
 async def bearer_claims(request: Request, token: Annotated[str | None, Depends(bearer_scheme)]) -> AccessClaims:

@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 
 from shared.database import run_in_session
 from shared.errors import documented_errors
+from shared.models import User
 from shared.tokens import MAX_DATABASE_ID
 from users_service import service
 from users_service.deps import Claims
-from shared.models import User
 from users_service.schemas import UserCreate, UserPage, UserPublic, UserUpdate, UserUpdateMe
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -51,12 +51,17 @@ async def read_me(request: Request, claims: Claims) -> JSONResponse:
     responses=documented_errors(400, *AUTHENTICATED_ERRORS, 409, 415),
 )
 async def update_me(request: Request, claims: Claims, body: UserUpdateMe) -> JSONResponse:
-    user = await run_in_session(request, service.update_caller, hasher=request.app.state.hasher, claims=claims, data=body)
+    user = await run_in_session(
+        request, service.update_caller, hasher=request.app.state.hasher, claims=claims, data=body
+    )
     return user_response(user)
 
 
 @router.delete(
-    "/me", status_code=status.HTTP_204_NO_CONTENT, summary="Delete the caller", responses=documented_errors(*AUTHENTICATED_ERRORS)
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete the caller",
+    responses=documented_errors(*AUTHENTICATED_ERRORS),
 )
 async def delete_me(request: Request, claims: Claims) -> Response:
     await run_in_session(request, service.delete_caller, claims=claims)
@@ -72,7 +77,9 @@ async def list_users(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_DATABASE_ID)] = 0,
 ) -> JSONResponse:
-    users, total = await run_in_session(request, service.list_users_for_admin, claims=claims, limit=limit, offset=offset)
+    users, total = await run_in_session(
+        request, service.list_users_for_admin, claims=claims, limit=limit, offset=offset
+    )
     page = UserPage(items=[UserPublic.model_validate(user) for user in users], total=total, limit=limit, offset=offset)
     return JSONResponse(page.model_dump(mode="json"))
 

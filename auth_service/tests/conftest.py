@@ -100,4 +100,3 @@ def set_user_active(client: TestClient, user_id: int, is_active: bool) -> None:
     with client.app.state.session_factory() as session:
         session.get(User, user_id).is_active = is_active
         session.commit()
-

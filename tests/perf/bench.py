@@ -35,8 +35,14 @@ from sqlalchemy import create_engine, text
 
 from shared.passwords import PasswordHasher
 from shared.settings import Settings
-from shared.testing import admin_database_url, create_database, drop_database, new_test_secret, postgres_answers
-from shared.testing import settings_for_tests
+from shared.testing import (
+    admin_database_url,
+    create_database,
+    drop_database,
+    new_test_secret,
+    postgres_answers,
+    settings_for_tests,
+)
 from shared.tokens import AccessTokenIssuer
 from tests.processes import REPO, ServiceProcess, free_port, run_migrations
 
@@ -46,7 +52,14 @@ REFERENCE_APP = "tests.perf.reference_app:app"
 
 SEED_PASSWORD = "bench-password-1"
 PACKAGES_OF_NOTE = (
-    "fastapi", "starlette", "uvicorn", "gunicorn", "sqlalchemy", "psycopg2-binary", "pydantic", "argon2-cffi",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "gunicorn",
+    "sqlalchemy",
+    "psycopg2-binary",
+    "pydantic",
+    "argon2-cffi",
 )
 ADMIN_ID = 1
 MIB = 1024 * 1024
@@ -80,8 +93,15 @@ class BenchConfig:
         (10 + 10 by default).
         """
         return cls(
-            duration_seconds=3, warmup_seconds=0, repeats=1, connections=48, storm_connections=24,
-            users=200, scaling=False, results_dir=results_dir, burst_seconds=7,
+            duration_seconds=3,
+            warmup_seconds=0,
+            repeats=1,
+            connections=48,
+            storm_connections=24,
+            users=200,
+            scaling=False,
+            results_dir=results_dir,
+            burst_seconds=7,
         )
 
 
@@ -365,18 +385,50 @@ def _refresh_args(run: BenchRun) -> list[str]:
 
 SCENARIOS = [
     Scenario("ref_floor", "reference GET /floor (async, no I/O)", "reference", "get.lua", "/floor", lambda run: []),
-    Scenario("ref_db", "reference GET /me (PyJWT + psycopg2)", "reference", "bearer_get.lua", "/me",
-             lambda run: ["/me", str(run.tokens_file)]),
-    Scenario("users_me", "GET /users/me", "users", "bearer_get.lua", "/users/me",
-             lambda run: ["/users/me", str(run.tokens_file)]),
-    Scenario("users_by_id", "GET /users/{id} as admin", "users", "admin_get_user.lua", "/users/2",
-             lambda run: [run.admin_token, str(ADMIN_ID + 1), str(ADMIN_ID + run.config.users)]),
-    Scenario("users_patch_me", "PATCH /users/me", "users", "patch_me.lua", "/users/me",
-             lambda run: [str(run.tokens_file)]),
-    Scenario("users_sign_up", "POST /users (sign-up, hashes)", "users", "sign_up.lua", "/users",
-             lambda run: [run.nonce + secrets.token_hex(2)]),
-    Scenario("token_password", "POST /token password (login storm)", "auth", "login.lua", "/token",
-             lambda run: [str(run.usernames_file), SEED_PASSWORD], storm=True),
+    Scenario(
+        "ref_db",
+        "reference GET /me (PyJWT + psycopg2)",
+        "reference",
+        "bearer_get.lua",
+        "/me",
+        lambda run: ["/me", str(run.tokens_file)],
+    ),
+    Scenario(
+        "users_me",
+        "GET /users/me",
+        "users",
+        "bearer_get.lua",
+        "/users/me",
+        lambda run: ["/users/me", str(run.tokens_file)],
+    ),
+    Scenario(
+        "users_by_id",
+        "GET /users/{id} as admin",
+        "users",
+        "admin_get_user.lua",
+        "/users/2",
+        lambda run: [run.admin_token, str(ADMIN_ID + 1), str(ADMIN_ID + run.config.users)],
+    ),
+    Scenario(
+        "users_patch_me", "PATCH /users/me", "users", "patch_me.lua", "/users/me", lambda run: [str(run.tokens_file)]
+    ),
+    Scenario(
+        "users_sign_up",
+        "POST /users (sign-up, hashes)",
+        "users",
+        "sign_up.lua",
+        "/users",
+        lambda run: [run.nonce + secrets.token_hex(2)],
+    ),
+    Scenario(
+        "token_password",
+        "POST /token password (login storm)",
+        "auth",
+        "login.lua",
+        "/token",
+        lambda run: [str(run.usernames_file), SEED_PASSWORD],
+        storm=True,
+    ),
     Scenario("token_refresh", "POST /token refresh_token", "auth", "refresh.lua", "/token", _refresh_args),
 ]
 SCALING_SCENARIOS = ("ref_db", "users_me", "token_password")
@@ -386,8 +438,20 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
     process = run.processes[scenario.service]
     connections = run.config.storm_connections if scenario.storm else run.config.connections
     command = [
-        run.wrk, "-t", str(run.config.wrk_threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-        "-s", str(WRK_SCRIPTS / scenario.script), process.url + scenario.path, "--", *scenario.script_args(run),
+        run.wrk,
+        "-t",
+        str(run.config.wrk_threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPTS / scenario.script),
+        process.url + scenario.path,
+        "--",
+        *scenario.script_args(run),
     ]
     workers = worker_pids(process)
     with ExitStack() as stack:
@@ -503,8 +567,22 @@ def profiling(process: ServiceProcess, seconds: int, out_dir: Path) -> Iterator[
     for pid in worker_pids(process):
         raw = out_dir / f"worker-{pid}.txt"
         # --gil: only the thread holding the GIL, i.e. where the worker's Python CPU time goes.
-        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
-                   "--format", "raw", "--output", str(raw), "--nonblocking", "--gil"]
+        command = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+            "--gil",
+        ]
         recorders.append((subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw))
     try:
         yield
@@ -575,14 +653,26 @@ def build_report(run: BenchRun, verify_seconds: float, main: dict, scaling: dict
         checks.append({"name": name, "value": round(value, 3), "target": target, "met": ok})
 
     if "users_me" in main and "ref_db" in main:
-        check("GET /users/me / reference DB route", ratio(rps("users_me"), rps("ref_db")), ">= 0.85",
-              ratio(rps("users_me"), rps("ref_db")) >= 0.85)
+        check(
+            "GET /users/me / reference DB route",
+            ratio(rps("users_me"), rps("ref_db")),
+            ">= 0.85",
+            ratio(rps("users_me"), rps("ref_db")) >= 0.85,
+        )
     if "users_by_id" in main and "ref_db" in main:
-        check("GET /users/{id} / reference DB route", ratio(rps("users_by_id"), rps("ref_db")), ">= 0.85",
-              ratio(rps("users_by_id"), rps("ref_db")) >= 0.85)
+        check(
+            "GET /users/{id} / reference DB route",
+            ratio(rps("users_by_id"), rps("ref_db")),
+            ">= 0.85",
+            ratio(rps("users_by_id"), rps("ref_db")) >= 0.85,
+        )
     if "token_password" in main:
-        check("login rate / hash-bound ceiling", ratio(rps("token_password"), ceiling), ">= 0.85",
-              ratio(rps("token_password"), ceiling) >= 0.85)
+        check(
+            "login rate / hash-bound ceiling",
+            ratio(rps("token_password"), ceiling),
+            ">= 0.85",
+            ratio(rps("token_password"), ceiling) >= 0.85,
+        )
     if "users_me" in main:
         spread = ratio(main["users_me"]["p99_ms"], main["users_me"]["p50_ms"])
         check("GET /users/me p99 / p50", spread, "< 10", spread < 10)
@@ -598,28 +688,41 @@ def build_report(run: BenchRun, verify_seconds: float, main: dict, scaling: dict
         # goes into Argon2. On an otherwise idle machine the login ratio above tends to this.
         hash_share = ratio(verify_seconds * 1000, main["token_password"]["cpu_ms_per_request"])
         check("one verify / auth worker CPU per login (hash share)", hash_share, "(context)", None)
-        check("cores the auth workers got in the login storm", main["token_password"]["worker_cores_used"],
-              f"(of {cores})", None)
+        check(
+            "cores the auth workers got in the login storm",
+            main["token_password"]["worker_cores_used"],
+            f"(of {cores})",
+            None,
+        )
     if "users_sign_up" in main:
         check("sign-up rate / hash-bound ceiling", ratio(rps("users_sign_up"), ceiling), "(context)", None)
     scaling_rows = {}
     if scaling:
         for name, one in scaling.items():
             if name in main:
-                scaling_rows[name] = {"rps_1_worker": one["rps"], "rps_2_workers": main[name]["rps"],
-                                      "speed_up": ratio(main[name]["rps"], one["rps"])}
+                scaling_rows[name] = {
+                    "rps_1_worker": one["rps"],
+                    "rps_2_workers": main[name]["rps"],
+                    "speed_up": ratio(main[name]["rps"], one["rps"]),
+                }
     busy = [one["machine_busy"] for one in main.values()]
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_at_start": run.load_average_at_start,
         "machine_busy_median": statistics.median(busy) if busy else 0.0,
         "machine": machine,
-        "config": {**{k: v for k, v in asdict(run.config).items() if k != "results_dir"},
-                   "db_pool_size": settings.db_pool_size, "db_max_overflow": settings.db_max_overflow,
-                   "threadpool_size": settings.effective_threadpool_size,
-                   "password_hash_concurrency": settings.password_hash_concurrency,
-                   "argon2": {"memory_kib": settings.argon2_memory_kib, "time_cost": settings.argon2_time_cost,
-                              "parallelism": settings.argon2_parallelism}},
+        "config": {
+            **{k: v for k, v in asdict(run.config).items() if k != "results_dir"},
+            "db_pool_size": settings.db_pool_size,
+            "db_max_overflow": settings.db_max_overflow,
+            "threadpool_size": settings.effective_threadpool_size,
+            "password_hash_concurrency": settings.password_hash_concurrency,
+            "argon2": {
+                "memory_kib": settings.argon2_memory_kib,
+                "time_cost": settings.argon2_time_cost,
+                "parallelism": settings.argon2_parallelism,
+            },
+        },
         "verify_ms": verify_seconds * 1000,
         "hash_bound_ceiling_rps": ceiling,
         "scenarios": main,
@@ -744,10 +847,19 @@ def parse_args(argv: list[str]) -> BenchConfig:
     args = parser.parse_args(argv)
     split = lambda value: tuple(part for part in value.split(",") if part)  # noqa: E731
     return replace(
-        defaults, workers=args.workers, duration_seconds=args.duration, warmup_seconds=args.warmup,
-        repeats=args.repeats, connections=args.connections, storm_connections=args.storm_connections,
-        wrk_threads=args.wrk_threads, users=args.users, scaling=not args.no_scaling,
-        scenarios=split(args.scenarios), profile=split(args.profile), results_dir=args.results,
+        defaults,
+        workers=args.workers,
+        duration_seconds=args.duration,
+        warmup_seconds=args.warmup,
+        repeats=args.repeats,
+        connections=args.connections,
+        storm_connections=args.storm_connections,
+        wrk_threads=args.wrk_threads,
+        users=args.users,
+        scaling=not args.no_scaling,
+        scenarios=split(args.scenarios),
+        profile=split(args.profile),
+        results_dir=args.results,
         keep_logs=args.keep_logs,
     )
 

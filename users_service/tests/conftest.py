@@ -1,4 +1,4 @@
-"""Fixtures of the users service's suite: its app on a fresh migrated database, tokens minted like the auth service's."""
+"""Fixtures of the users service's suite: its app, tokens minted as the auth service does."""
 
 import secrets
 from collections.abc import Callable, Iterator

@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, text
 from httpx2 import Response
+from sqlalchemy import delete, text
 
 from shared.models import User
 from shared.tokens import MAX_DATABASE_ID

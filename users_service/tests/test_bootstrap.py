@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 
 from shared.settings import Settings
 from shared.testing import settings_for_tests
-from users_service.app import create_app
 from shared.tokens import AccessTokenIssuer
+from users_service.app import create_app
 from users_service.tests.support import (
     ADMIN_PASSWORD,
     Account,

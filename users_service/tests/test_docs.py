@@ -14,9 +14,7 @@ def test_the_docs_token_url_is_the_auth_services_public_token_endpoint(database_
         schema = client.get("/openapi.json").json()
 
     flows = [scheme.get("flows", {}) for scheme in schema["components"]["securitySchemes"].values()]
-    assert [flow["password"]["tokenUrl"] for flow in flows if "password" in flow] == [
-        "https://auth.example.test/token"
-    ]
+    assert [flow["password"]["tokenUrl"] for flow in flows if "password" in flow] == ["https://auth.example.test/token"]
 
 
 def test_the_docs_page_and_its_assets_are_served_locally(client: TestClient) -> None:

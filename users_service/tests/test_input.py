@@ -75,8 +75,12 @@ MALFORMED_BODIES = {
     "deeply nested arrays": b"[" * 20_000 + b"]" * 20_000,
     "deeply nested objects": b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
     "deep nesting inside a field": (
-        b'{"username": "someone", "password": "' + SECRET_PASSWORD.encode() + b'", "full_name": '
-        + b"[" * 20_000 + b"]" * 20_000 + b"}"
+        b'{"username": "someone", "password": "'
+        + SECRET_PASSWORD.encode()
+        + b'", "full_name": '
+        + b"[" * 20_000
+        + b"]" * 20_000
+        + b"}"
     ),
     "invalid UTF-8": b'{"username": "bad\xff\xfename", "password": "' + SECRET_PASSWORD.encode() + b'"}',
     "a lone UTF-8 continuation byte": b'{"username": "someone", "password": "' + SECRET_PASSWORD.encode() + b'\x80"}',

@@ -58,9 +58,7 @@ def test_out_of_range_paging_is_422(client: TestClient, admin: Account, query: d
     assert_error(client.get("/users", params=query, headers=admin.headers), 422)
 
 
-def test_offset_skips_and_limit_caps(
-    client: TestClient, admin: Account, make_account: Callable[..., Account]
-) -> None:
+def test_offset_skips_and_limit_caps(client: TestClient, admin: Account, make_account: Callable[..., Account]) -> None:
     for _ in range(3):
         make_account()
     first_three = [user["id"] for user in list_users(client, admin, limit=3)["items"]]

@@ -165,9 +165,7 @@ INVALID_FIELDS = {
 
 
 @pytest.mark.parametrize("fields", INVALID_FIELDS.values(), ids=INVALID_FIELDS.keys())
-def test_sign_up_refuses_invalid_fields_with_422_without_echoing_the_password(
-    client: TestClient, fields: dict
-) -> None:
+def test_sign_up_refuses_invalid_fields_with_422_without_echoing_the_password(client: TestClient, fields: dict) -> None:
     body = {"username": unique_username(), "password": SECRET_PASSWORD, **fields}
     body = {name: value for name, value in body.items() if value is not None}
 
