@@ -100,3 +100,11 @@ def set_user_active(client: TestClient, user_id: int, is_active: bool) -> None:
     with client.app.state.session_factory() as session:
         session.get(User, user_id).is_active = is_active
         session.commit()
+
+
+def assert_invalid_grant(response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].lower().startswith("bearer")
+    body = response.json()
+    assert body["error"] == "invalid_grant"
+    assert isinstance(body["detail"], str) and body["detail"]

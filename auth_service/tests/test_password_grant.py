@@ -8,7 +8,7 @@ import jwt
 import pytest
 from passlib.hash import argon2
 
-from auth_service.tests.conftest import login, stored_user
+from auth_service.tests.conftest import assert_invalid_grant, login, stored_user
 
 RESPONSE_KEYS = {"access_token", "token_type", "expires_in", "refresh_token"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -34,14 +34,6 @@ def form_body_of_size(size: int) -> bytes:
     """A well-formed login form of exactly `size` bytes, padded with a field the endpoint ignores."""
     start = b"username=nobody_padded&password=x&padding="
     return start + b"a" * (size - len(start))
-
-
-def assert_invalid_grant(response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["www-authenticate"].lower().startswith("bearer")
-    body = response.json()
-    assert body["error"] == "invalid_grant"
-    assert isinstance(body["detail"], str) and body["detail"]
 
 
 @pytest.mark.parametrize("grant_type", ["password", None], ids=["explicit", "absent-defaults-to-password"])

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from auth_service.tests.conftest import login, refresh, set_user_active
+from auth_service.tests.conftest import assert_invalid_grant, login, refresh, set_user_active
 from shared.models import User
 from shared.tokens import AccessTokenVerifier, InvalidAccessToken, build_key_source
 
@@ -16,14 +16,6 @@ def login_pair(client, user) -> dict:
     response = login(client, user.username, user.password)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def assert_invalid_grant(response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["www-authenticate"].lower().startswith("bearer")
-    body = response.json()
-    assert body["error"] == "invalid_grant"
-    assert isinstance(body["detail"], str) and body["detail"]
 
 
 def test_refresh_returns_a_new_pair_with_a_new_refresh_token(client, settings, make_user):
