@@ -76,10 +76,9 @@ def _validation_errors_without_input(exc: RequestValidationError) -> list[dict[s
     ]
 
 
-def _is_database_unavailable(exc: Exception) -> bool:
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError)):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+def _is_database_unavailable(exc: DBAPIError) -> bool:
+    # Pool timeouts are not DBAPI errors; they have a handler of their own below.
+    return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
 
 
 def install_error_handlers(app: FastAPI) -> None:

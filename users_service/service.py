@@ -42,15 +42,18 @@ def authorized_target(*, session: Session, actor: User, user_id: int) -> User:
     return user
 
 
-def _load_caller_and_target(*, session: Session, claims: AccessClaims, user_id: int) -> None:
-    # Both rows in one round trip; authenticated_user and authorized_target then find them in the session.
-    # Rights are still read from the database on every request.
+def caller_and_target(*, session: Session, claims: AccessClaims, user_id: int) -> tuple[User, User]:
+    """The caller and the user it asks about, rights checked; both rows come in one round trip.
+
+    Rights are still read from the database on every request.
+    """
     session.scalars(select(User).where(User.id.in_({claims.user_id, user_id}))).all()
+    actor = authenticated_user(session=session, claims=claims)
+    return actor, authorized_target(session=session, actor=actor, user_id=user_id)
 
 
 def read_user(*, session: Session, claims: AccessClaims, user_id: int) -> User:
-    _load_caller_and_target(session=session, claims=claims, user_id=user_id)
-    return authorized_target(session=session, actor=authenticated_user(session=session, claims=claims), user_id=user_id)
+    return caller_and_target(session=session, claims=claims, user_id=user_id)[1]
 
 
 def update_caller(*, session: Session, hasher: PasswordHasher, claims: AccessClaims, data: UserUpdateMe) -> User:
@@ -61,9 +64,7 @@ def update_caller(*, session: Session, hasher: PasswordHasher, claims: AccessCla
 def update_user_by_id(
     *, session: Session, hasher: PasswordHasher, claims: AccessClaims, user_id: int, data: UserUpdate
 ) -> User:
-    _load_caller_and_target(session=session, claims=claims, user_id=user_id)
-    actor = authenticated_user(session=session, claims=claims)
-    target = authorized_target(session=session, actor=actor, user_id=user_id)
+    actor, target = caller_and_target(session=session, claims=claims, user_id=user_id)
     return update_user(session=session, hasher=hasher, actor=actor, target=target, data=data)
 
 
@@ -72,9 +73,8 @@ def delete_caller(*, session: Session, claims: AccessClaims) -> None:
 
 
 def delete_user_by_id(*, session: Session, claims: AccessClaims, user_id: int) -> None:
-    _load_caller_and_target(session=session, claims=claims, user_id=user_id)
-    actor = authenticated_user(session=session, claims=claims)
-    delete_user(session=session, user=authorized_target(session=session, actor=actor, user_id=user_id))
+    _, target = caller_and_target(session=session, claims=claims, user_id=user_id)
+    delete_user(session=session, user=target)
 
 
 def list_users_for_admin(*, session: Session, claims: AccessClaims, limit: int, offset: int) -> tuple[list[User], int]:
