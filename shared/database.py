@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +35,13 @@ def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
     )
     if settings.db_statement_timeout_ms:
         _set_statement_timeout(engine, settings.db_statement_timeout_ms)
+
+    @event.listens_for(engine, "checkin")
+    def _end_autocommit(dbapi_connection, _record) -> None:  # noqa: ANN001
+        # `run_read_only` turns autocommit on for its connection; everyone else expects transactions.
+        if dbapi_connection is not None and not dbapi_connection.closed:
+            dbapi_connection.autocommit = False
+
     return engine
 
 
@@ -81,18 +88,42 @@ async def run_in_session(request: Request, work: Callable[..., Result], /, **arg
     connection is back in the pool before the thread is free: no request ever holds a connection while it
     waits for a thread, which with as many threads as connections deadlocks under a burst.
     """
-    session_factory = request.app.state.session_factory
+    return await _run_in_thread(request.app.state.session_factory, "session", work, arguments)
 
-    def in_one_session() -> Result:
-        session = session_factory()
+
+async def run_read_only(request: Request, work: Callable[..., Result], /, **arguments: Any) -> Result:
+    """`work(connection=..., **arguments)` like `run_in_session`, on a Core connection: rows, no ORM objects.
+
+    For reads only: each statement runs on its own, outside any transaction.
+    """
+    engine = request.app.state.engine
+    return await _run_in_thread(lambda: _open_read_connection(engine), "connection", work, arguments)
+
+
+def _open_read_connection(engine: Engine) -> Connection:
+    connection = engine.connect()
+    if engine.dialect.driver == "psycopg2":
+        # A lone SELECT needs no transaction. In autocommit, psycopg2 sends no BEGIN before it and no ROLLBACK
+        # when the connection goes back: 2 round trips with the pre-ping instead of 4. SQLAlchemy's pre-ping
+        # flips the same flag; its AUTOCOMMIT isolation level would instead add a SET on the way in and out.
+        # build_engine's "checkin" listener turns it off again before the pool hands the connection on.
+        connection.connection.dbapi_connection.autocommit = True
+    return connection
+
+
+async def _run_in_thread(
+    open_resource: Callable[[], Session | Connection], name: str, work: Callable[..., Result], arguments: dict
+) -> Result:
+    def in_one_thread() -> Result:
+        resource = open_resource()
         try:
-            return work(session=session, **arguments)
+            return work(**{name: resource}, **arguments)
         finally:
             try:
-                session.close()
+                resource.close()
             except DBAPIError:
                 # The connection died after the work finished; its transaction is over either way, and
                 # the pool discards the connection. Raising here would break an answer already decided.
-                logger.warning("database connection lost while closing a session")
+                logger.warning("database connection lost while closing a %s", name)
 
-    return await run_in_threadpool(in_one_session)
+    return await run_in_threadpool(in_one_thread)

@@ -32,6 +32,10 @@ class RequestBodyGuardMiddleware:
             # Both framings at once is the shape of request smuggling (RFC 9112 6.3): refuse and close.
             await _send_error(send, 400, "Content-Length and Transfer-Encoding together are not allowed")
             return
+        if b"content-length" not in headers and b"transfer-encoding" not in headers:
+            # Neither framing header: the request has no body (RFC 9112 6.3), so there is nothing to check.
+            await self.app(scope, receive, send)
+            return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body_bytes:
             await _send_error(send, 413, f"Request body larger than {self.max_body_bytes} bytes")
@@ -68,8 +72,8 @@ class RequestBodyGuardMiddleware:
 
 def _content_length(headers: dict[bytes, bytes]) -> int | None:
     try:
-        return int(headers[b"content-length"])
-    except (KeyError, ValueError):
+        return int(headers[b"content-length"]) if b"content-length" in headers else None
+    except ValueError:
         return None
 
 

@@ -10,9 +10,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import time
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "x-request-id"
 # Anything else a client sends as a request id is replaced, so logs cannot be forged or split.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # What the current request has learned about itself; a dict so code in worker threads can add to it.
 request_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("request_context", default=None)
@@ -60,6 +61,9 @@ def set_request_user(user_id: int) -> None:
 
 
 class JsonLogFormatter(logging.Formatter):
+    # The timestamps end in "Z": UTC whatever the machine's time zone.
+    converter = time.gmtime
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
@@ -98,6 +102,8 @@ class RequestObservabilityMiddleware:
         self.app = app
         self.service = service
         self.logger = logging.getLogger(f"{service}.access")
+        # Bounded: route templates, KNOWN_METHODS plus "OTHER", and the statuses the services answer with.
+        self._metric_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,14 +127,28 @@ class RequestObservabilityMiddleware:
         finally:
             duration = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            method = scope["method"]
-            HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
-            HTTP_LATENCY.labels(self.service, method, route).observe(duration)
+            # The method is the client's to choose: anything unexpected is one label value, not a new series.
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+            requests_counter, latency_histogram = self._metrics_for(method, route, status)
+            requests_counter.inc()
+            latency_histogram.observe(duration)
             fields = {"method": method, "route": route, "status": status, "duration_ms": round(duration * 1000, 2)}
             if "user_id" in context:
                 fields["user_id"] = context["user_id"]
             self.logger.info("request", extra={"fields": fields})
             request_context.reset(token)
+
+    def _metrics_for(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        # `labels()` validates and looks up its arguments on every call; the children themselves never change.
+        key = (method, route, status)
+        children = self._metric_children.get(key)
+        if children is None:
+            children = (
+                HTTP_REQUESTS.labels(self.service, method, route, str(status)),
+                HTTP_LATENCY.labels(self.service, method, route),
+            )
+            self._metric_children[key] = children
+        return children
 
 
 def _request_id_from(scope: Scope) -> str:
@@ -138,7 +158,7 @@ def _request_id_from(scope: Scope) -> str:
             if SANE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def track_pool_usage(engine: Engine, *, service: str) -> None:

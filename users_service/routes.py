@@ -1,15 +1,15 @@
-"""HTTP routes of the users service: parse, call `service` in one worker thread (`run_in_session`), return.
+"""HTTP routes of the users service: parse, call `service` in one worker thread, return.
 
-The routes are `async`: their only blocking work is the one `run_in_session` call, whose session is closed
-in its thread, so no request holds a database connection while it waits for a thread.
+The routes are `async`: their only blocking work is one `run_read_only` (reads) or `run_in_session` (writes)
+call, whose connection is closed in its thread, so no request holds one while it waits for a thread.
 """
 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from sqlalchemy import Row
 
-from shared.database import run_in_session
+from shared.database import run_in_session, run_read_only
 from shared.errors import documented_errors
 from shared.models import User
 from shared.tokens import MAX_DATABASE_ID
@@ -21,10 +21,12 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=MAX_DATABASE_ID, description="The user's id")]
 AUTHENTICATED_ERRORS = (401, 413, 422, 503)
+JSON = "application/json"
 
 
-def user_response(user: User, *, status_code: int = status.HTTP_200_OK) -> JSONResponse:
-    return JSONResponse(UserPublic.model_validate(user).model_dump(mode="json"), status_code=status_code)
+def user_response(user: User | Row, *, status_code: int = status.HTTP_200_OK) -> Response:
+    # Serialised by pydantic straight to JSON bytes, as JSONResponse would write them.
+    return Response(UserPublic.model_validate(user).model_dump_json(), status_code=status_code, media_type=JSON)
 
 
 @router.post(
@@ -34,14 +36,14 @@ def user_response(user: User, *, status_code: int = status.HTTP_200_OK) -> JSONR
     summary="Sign up",
     responses=documented_errors(409, 413, 415, 422, 503),
 )
-async def sign_up(request: Request, body: UserCreate) -> JSONResponse:
+async def sign_up(request: Request, body: UserCreate) -> Response:
     user = await run_in_session(request, service.create_user, hasher=request.app.state.hasher, data=body)
     return user_response(user, status_code=status.HTTP_201_CREATED)
 
 
 @router.get("/me", response_model=UserPublic, summary="The caller", responses=documented_errors(*AUTHENTICATED_ERRORS))
-async def read_me(request: Request, claims: Claims) -> JSONResponse:
-    return user_response(await run_in_session(request, service.authenticated_user, claims=claims))
+async def read_me(request: Request, claims: Claims) -> Response:
+    return user_response(await run_read_only(request, service.read_caller, claims=claims))
 
 
 @router.patch(
@@ -50,7 +52,7 @@ async def read_me(request: Request, claims: Claims) -> JSONResponse:
     summary="Update the caller; a new password needs current_password",
     responses=documented_errors(400, *AUTHENTICATED_ERRORS, 409, 415),
 )
-async def update_me(request: Request, claims: Claims, body: UserUpdateMe) -> JSONResponse:
+async def update_me(request: Request, claims: Claims, body: UserUpdateMe) -> Response:
     user = await run_in_session(
         request, service.update_caller, hasher=request.app.state.hasher, claims=claims, data=body
     )
@@ -76,12 +78,10 @@ async def list_users(
     claims: Claims,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_DATABASE_ID)] = 0,
-) -> JSONResponse:
-    users, total = await run_in_session(
-        request, service.list_users_for_admin, claims=claims, limit=limit, offset=offset
-    )
+) -> Response:
+    users, total = await run_read_only(request, service.list_users_for_admin, claims=claims, limit=limit, offset=offset)
     page = UserPage(items=[UserPublic.model_validate(user) for user in users], total=total, limit=limit, offset=offset)
-    return JSONResponse(page.model_dump(mode="json"))
+    return Response(page.model_dump_json(), media_type=JSON)
 
 
 @router.get(
@@ -90,8 +90,8 @@ async def list_users(
     summary="One user (self or admin)",
     responses=documented_errors(*AUTHENTICATED_ERRORS, 403, 404),
 )
-async def read_user(request: Request, claims: Claims, user_id: UserId) -> JSONResponse:
-    return user_response(await run_in_session(request, service.read_user, claims=claims, user_id=user_id))
+async def read_user(request: Request, claims: Claims, user_id: UserId) -> Response:
+    return user_response(await run_read_only(request, service.read_user, claims=claims, user_id=user_id))
 
 
 @router.patch(
@@ -100,7 +100,7 @@ async def read_user(request: Request, claims: Claims, user_id: UserId) -> JSONRe
     summary="Update a user (self or admin; only admins set is_active/is_admin)",
     responses=documented_errors(400, *AUTHENTICATED_ERRORS, 403, 404, 409, 415),
 )
-async def update_user(request: Request, claims: Claims, user_id: UserId, body: UserUpdate) -> JSONResponse:
+async def update_user(request: Request, claims: Claims, user_id: UserId, body: UserUpdate) -> Response:
     user = await run_in_session(
         request, service.update_user_by_id, hasher=request.app.state.hasher, claims=claims, user_id=user_id, data=body
     )

@@ -5,8 +5,9 @@ Rights are read from the database on every request; the token only says who is c
 
 import logging
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -21,39 +22,82 @@ from users_service.schemas import UserCreate, UserUpdate, UserUpdateMe
 
 logger = logging.getLogger("users_service")
 
+# A user as the rights checks see it: an ORM `User` when writing, a Core row when reading.
+UserRecord = TypeVar("UserRecord", User, Row)
 
-def authenticated_user(*, session: Session, claims: AccessClaims) -> User:
+
+USERS = User.__table__
+# What the read routes load: the public fields and what the rights checks need, never the password hash.
+USER_ROWS = select(
+    USERS.c.id,
+    USERS.c.username,
+    USERS.c.email,
+    USERS.c.full_name,
+    USERS.c.is_active,
+    USERS.c.is_admin,
+    USERS.c.created_at,
+    USERS.c.token_version,
+)
+USER_BY_ID = USER_ROWS.where(USERS.c.id == bindparam("user_id"))
+# Two fixed parameters rather than an expanding IN list, whose SQL would be rendered anew for every request.
+CALLER_AND_USER_BY_ID = USER_ROWS.where(USERS.c.id.in_([bindparam("caller_id"), bindparam("user_id")]))
+
+
+def checked_caller(user: UserRecord | None, *, claims: AccessClaims) -> UserRecord:
     """The caller, if its token is still good: the user exists, is active, and has not changed its password since."""
-    user = session.get(User, claims.user_id)
     if user is None or not user.is_active or user.token_version != claims.token_version:
         raise unauthorized("Invalid or expired token")
     return user
 
 
-def authorized_target(*, session: Session, actor: User, user_id: int) -> User:
-    """The user `actor` asks about: itself, or anyone when `actor` is an admin."""
+def authorized_target(*, actor: UserRecord, target: UserRecord | None, user_id: int) -> UserRecord:
+    """The user `actor` asks about (`target`, loaded by id): itself, or anyone when `actor` is an admin."""
     if actor.id == user_id:
         return actor
     if not actor.is_admin:
         raise ApiError(403, "Not allowed to act on another user", error="forbidden")
-    user = session.get(User, user_id)
-    if user is None:
+    if target is None:
         raise ApiError(404, "User not found", error="not_found")
-    return user
+    return target
+
+
+# Reads: Core rows on a connection (`run_read_only`), no ORM objects. Rights are read on every request.
+
+
+def read_caller(*, connection: Connection, claims: AccessClaims) -> Row:
+    row = connection.execute(USER_BY_ID, {"user_id": claims.user_id}).one_or_none()
+    return checked_caller(row, claims=claims)
+
+
+def read_user(*, connection: Connection, claims: AccessClaims, user_id: int) -> Row:
+    """One user, for itself or an admin; the caller's and the target's rows come in one round trip."""
+    found = connection.execute(CALLER_AND_USER_BY_ID, {"caller_id": claims.user_id, "user_id": user_id})
+    rows = {row.id: row for row in found}
+    actor = checked_caller(rows.get(claims.user_id), claims=claims)
+    return authorized_target(actor=actor, target=rows.get(user_id), user_id=user_id)
+
+
+def list_users_for_admin(
+    *, connection: Connection, claims: AccessClaims, limit: int, offset: int
+) -> tuple[list[Row], int]:
+    require_admin(read_caller(connection=connection, claims=claims))
+    total = connection.scalar(select(func.count()).select_from(USERS))
+    users = list(connection.execute(USER_ROWS.order_by(USERS.c.id).limit(limit).offset(offset)))
+    return users, total or 0
+
+
+# Writes: ORM objects in a session (`run_in_session`), committed or rolled back as a whole.
+
+
+def authenticated_user(*, session: Session, claims: AccessClaims) -> User:
+    return checked_caller(session.get(User, claims.user_id), claims=claims)
 
 
 def caller_and_target(*, session: Session, claims: AccessClaims, user_id: int) -> tuple[User, User]:
-    """The caller and the user it asks about, rights checked; both rows come in one round trip.
-
-    Rights are still read from the database on every request.
-    """
-    session.scalars(select(User).where(User.id.in_({claims.user_id, user_id}))).all()
-    actor = authenticated_user(session=session, claims=claims)
-    return actor, authorized_target(session=session, actor=actor, user_id=user_id)
-
-
-def read_user(*, session: Session, claims: AccessClaims, user_id: int) -> User:
-    return caller_and_target(session=session, claims=claims, user_id=user_id)[1]
+    """The caller and the user it asks about, rights checked; both rows come in one round trip."""
+    users = {user.id: user for user in session.scalars(select(User).where(User.id.in_([claims.user_id, user_id])))}
+    actor = checked_caller(users.get(claims.user_id), claims=claims)
+    return actor, authorized_target(actor=actor, target=users.get(user_id), user_id=user_id)
 
 
 def update_caller(*, session: Session, hasher: PasswordHasher, claims: AccessClaims, data: UserUpdateMe) -> User:
@@ -77,12 +121,7 @@ def delete_user_by_id(*, session: Session, claims: AccessClaims, user_id: int) -
     delete_user(session=session, user=target)
 
 
-def list_users_for_admin(*, session: Session, claims: AccessClaims, limit: int, offset: int) -> tuple[list[User], int]:
-    require_admin(authenticated_user(session=session, claims=claims))
-    return list_users(session=session, limit=limit, offset=offset)
-
-
-def require_admin(actor: User) -> None:
+def require_admin(actor: User | Row) -> None:
     if not actor.is_admin:
         raise ApiError(403, "Admin rights required", error="forbidden")
 
@@ -166,12 +205,6 @@ def delete_user(*, session: Session, user: User) -> None:
     # Refresh tokens go with the row (ON DELETE CASCADE); access tokens fail on the missing user.
     session.delete(user)
     _commit_or_conflict(session)
-
-
-def list_users(*, session: Session, limit: int, offset: int) -> tuple[list[User], int]:
-    total = session.scalar(select(func.count()).select_from(User))
-    users = list(session.scalars(select(User).order_by(User.id).limit(limit).offset(offset)))
-    return users, total or 0
 
 
 def ensure_admin(*, session: Session, hasher: PasswordHasher, username: str, password: str) -> None:

@@ -166,7 +166,31 @@ def test_a_token_of_a_deleted_user_is_401(client: TestClient, forge: TokenForge,
     assert_unauthorized(client.get("/users/me", headers=bearer(token)))
 
 
-@pytest.mark.parametrize("authorization", ["Bearer garbage", "Bearer ", "Bearer a.b.c", "Bearer ....."])
+def _segment(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+# Headers the key lookup reads before any signature check: not JSON, not an object, not UTF-8, nested too deep.
+UNREADABLE_HEADERS = {
+    "not base64": "@@@@.e30.c2ln",
+    "not json": f"{_segment(b'alg')}.e30.c2ln",
+    "json list": f"{_segment(b'[1]')}.e30.c2ln",
+    "not utf-8": f"{_segment(bytes([0xFF, 0xFE]))}.e30.c2ln",
+    "nested 20000 deep": f"{_segment(b'[' * 20000 + b']' * 20000)}.e30.c2ln",
+}
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer garbage",
+        "Bearer ",
+        "Bearer a.b.c",
+        "Bearer .....",
+        *(f"Bearer {token}" for token in UNREADABLE_HEADERS.values()),
+    ],
+    ids=["garbage", "empty", "a.b.c", "dots", *UNREADABLE_HEADERS.keys()],
+)
 def test_garbage_and_empty_bearers_are_401(client: TestClient, authorization: str) -> None:
     assert_unauthorized(client.get("/users/me", headers={"Authorization": authorization}))
 
