@@ -34,11 +34,17 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 # under `make run`, or tests) would fight over it, and nothing here uses `gunicornc`.
 control_socket_disable = True
 
+# Memory-backed (tmpfs) where there is one, for the files workers touch on their event loop: the heartbeat
+# file (gunicorn's docs: on a disk-backed file system its update "may block a worker for arbitrary time") and
+# the metrics files below, rewritten through mmap on every request, which on a disk become steady writeback.
+_MEMORY_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
+worker_tmp_dir = _MEMORY_DIR
+
 # Metrics from every worker: prometheus_client's multiprocess mode keeps them in files under this folder.
 # It must be set before any worker imports prometheus_client, and emptied so a restart starts from zero.
 _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-", dir=_MEMORY_DIR)
 for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
     stale.unlink()
 

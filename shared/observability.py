@@ -5,14 +5,17 @@ never a body, a query string or a header value. Metrics work across gunicorn wor
 prometheus_client's multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (deploy/gunicorn.conf.py does it).
 """
 
+import atexit
 import contextvars
 import json
 import logging
 import os
+import queue
 import re
 import secrets
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "x-request-id"
 # Anything else a client sends as a request id is replaced, so logs cannot be forged or split.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Log lines waiting for stdout, at most; about 5 MB of lines, several seconds of a worker's requests.
+LOG_QUEUE_LINES = 20_000
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # What the current request has learned about itself; a dict so code in worker threads can add to it.
@@ -44,6 +49,7 @@ HTTP_LATENCY = Histogram(
     ["service", "method", "route"],
     buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+LOG_LINES_DROPPED = Counter("log_lines_dropped_total", "Log lines dropped because stdout could not keep up")
 LOGIN_ATTEMPTS = Counter("auth_login_attempts_total", "Password logins by outcome", ["outcome"])
 REFRESH_REUSE = Counter("auth_refresh_token_reuse_detected_total", "Retired refresh tokens presented again")
 DB_POOL_IN_USE = Gauge(
@@ -81,9 +87,44 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _DroppingQueueHandler(QueueHandler):
+    """Formats a record in the thread that logs it and queues the line; drops it when the queue is full."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            LOG_LINES_DROPPED.inc()
+
+
+class _LineWriter(QueueListener):
+    """Writes the queued lines to stdout on its own thread."""
+
+    def enqueue_sentinel(self) -> None:
+        # Stopping waits for room in a full queue rather than fail: the lines before the stop still get written.
+        self.queue.put(self._sentinel)
+
+
+_log_writer: _LineWriter | None = None
+
+
 def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stdout for every logger; called once per process."""
-    handler = logging.StreamHandler(sys.stdout)
+    """JSON lines on stdout for every logger, written by a thread of their own; called once per process.
+
+    A write to stdout blocks whenever its reader falls behind (a full pipe to the container runtime, a slow
+    disk under a log file); done on the event loop, that would stall every request of the worker. Records are
+    formatted where they are logged (the request id is there) and queued, at most LOG_QUEUE_LINES of them;
+    beyond that they are dropped and counted (log_lines_dropped_total) rather than block.
+    """
+    global _log_writer
+    if _log_writer is not None:
+        _log_writer.stop()
+    lines: queue.Queue[logging.LogRecord] = queue.Queue(LOG_QUEUE_LINES)
+    writer = logging.StreamHandler(sys.stdout)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    _log_writer = _LineWriter(lines, writer)
+    _log_writer.start()
+    handler = _DroppingQueueHandler(lines)
     handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -93,6 +134,17 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).propagate = True
     # Replaced by the one line per request below; uvicorn's would log raw paths with query strings.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def flush_logs() -> None:
+    """Writes every queued line; for the end of a process (the writer thread is a daemon)."""
+    global _log_writer
+    if _log_writer is not None:
+        _log_writer.stop()
+        _log_writer = None
+
+
+atexit.register(flush_logs)
 
 
 class RequestObservabilityMiddleware:

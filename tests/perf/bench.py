@@ -163,6 +163,39 @@ def postgres_running(admin_url: str) -> Iterator[None]:
         subprocess.run([*command, "stop"], check=False, capture_output=True, timeout=60)
 
 
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+@contextmanager
+def scheduler_autogroup_off() -> Iterator[str]:
+    """The kernel's autogroup scheduling off for the run (as root), restored after; yields what was done.
+
+    Autogroup shares the CPU equally between sessions: the machine's PostgreSQL (its own session) against
+    this bench with its load generator and services (another). Under that load, PostgreSQL backends sat
+    runnable for up to 2.4 s (/proc/PID/schedstat), so a worker's requests waited seconds for answers to
+    `SELECT 1`: p99 of 1-6 s in half the rounds, none with autogroup off. In production the database runs
+    elsewhere, and containers are never autogrouped (only tasks in the root cgroup are).
+    """
+    try:
+        before = AUTOGROUP.read_text().strip()
+    except OSError:
+        yield "no autogroup in this kernel"
+        return
+    if before != "1":
+        yield "autogroup off"
+        return
+    try:
+        AUTOGROUP.write_text("0")
+    except OSError:
+        print("bench: kernel.sched_autogroup_enabled=1 and not root: expect multi-second tails", flush=True)
+        yield "autogroup ON (not root): tails include PostgreSQL waiting for CPU"
+        return
+    try:
+        yield "autogroup turned off for the run"
+    finally:
+        AUTOGROUP.write_text(before)
+
+
 def machine_description(database_url: str) -> dict[str, object]:
     def first(pattern: str, path: str) -> str | None:
         try:
@@ -736,7 +769,8 @@ def format_table(report: dict) -> str:
     machine = report["machine"]
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; Python {machine['python']},"
-        f" PostgreSQL {machine['postgresql']}, {machine['wrk']}; commit {machine['commit']}",
+        f" PostgreSQL {machine['postgresql']}, {machine['wrk']}; commit {machine['commit']};"
+        f" scheduler: {machine.get('scheduler', 'not recorded')}",
         f"Each service and the reference: gunicorn + UvicornWorker, {config['workers']} workers, DB pool"
         f" {config['db_pool_size']}+{config['db_max_overflow']}, threadpool {config['threadpool_size']};"
         f" Argon2id m={config['argon2']['memory_kib']} KiB t={config['argon2']['time_cost']}"
@@ -791,6 +825,7 @@ def run_bench(config: BenchConfig, *, wrk: str, work_dir: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
         cleanup.enter_context(postgres_running(admin_url))
+        scheduler = cleanup.enter_context(scheduler_autogroup_off())
         database_url = create_database(admin_url)
         cleanup.callback(drop_database, admin_url, database_url)
         run_migrations(database_url)
@@ -798,7 +833,7 @@ def run_bench(config: BenchConfig, *, wrk: str, work_dir: Path) -> dict:
         run = BenchRun(config=config, work_dir=work_dir, database_url=database_url, settings=settings, wrk=wrk)
         print(f"bench: seeding {config.users} users", flush=True)
         verify_seconds = seed(run)
-        machine = machine_description(database_url)
+        machine = {**machine_description(database_url), "scheduler": scheduler}
         cleanup.callback(stop_processes, run)
         start_processes(run, config.workers, logs)
         main = measure(run, chosen, phase=f"{config.workers} workers")
