@@ -84,6 +84,8 @@ class BenchConfig:
     # GET /users/me runs this long instead when set: past the pool timeout (5 s), so that requests stuck
     # waiting for a connection or a thread show up as 503s instead of merely as a slow run.
     burst_seconds: int = 0
+    # Turn the kernel's autogroup scheduling off for the run (as root); the smoke test leaves the machine alone.
+    autogroup_off: bool = True
 
     @classmethod
     def smoke(cls, results_dir: Path) -> "BenchConfig":
@@ -102,6 +104,7 @@ class BenchConfig:
             scaling=False,
             results_dir=results_dir,
             burst_seconds=7,
+            autogroup_off=False,
         )
 
 
@@ -825,7 +828,7 @@ def run_bench(config: BenchConfig, *, wrk: str, work_dir: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
         cleanup.enter_context(postgres_running(admin_url))
-        scheduler = cleanup.enter_context(scheduler_autogroup_off())
+        scheduler = cleanup.enter_context(scheduler_autogroup_off()) if config.autogroup_off else "left as it was"
         database_url = create_database(admin_url)
         cleanup.callback(drop_database, admin_url, database_url)
         run_migrations(database_url)
