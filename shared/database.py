@@ -4,6 +4,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psycopg2
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -37,10 +38,15 @@ def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
         _set_statement_timeout(engine, settings.db_statement_timeout_ms)
 
     @event.listens_for(engine, "checkin")
-    def _end_autocommit(dbapi_connection, _record) -> None:  # noqa: ANN001
+    def _end_autocommit(dbapi_connection, record) -> None:  # noqa: ANN001
         # `run_read_only` turns autocommit on for its connection; everyone else expects transactions.
-        if dbapi_connection is not None and not dbapi_connection.closed:
+        if dbapi_connection is None or dbapi_connection.closed:
+            return
+        try:
             dbapi_connection.autocommit = False
+        except psycopg2.Error:
+            # A connection that cannot be put back into transactions must never be handed out again.
+            record.invalidate()
 
     return engine
 
