@@ -4,7 +4,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import psycopg2
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -37,16 +36,18 @@ def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
     if settings.db_statement_timeout_ms:
         _set_statement_timeout(engine, settings.db_statement_timeout_ms)
 
-    @event.listens_for(engine, "checkin")
-    def _end_autocommit(dbapi_connection, record) -> None:  # noqa: ANN001
-        # `run_read_only` turns autocommit on for its connection; everyone else expects transactions.
-        if dbapi_connection is None or dbapi_connection.closed:
-            return
-        try:
-            dbapi_connection.autocommit = False
-        except psycopg2.Error:
-            # A connection that cannot be put back into transactions must never be handed out again.
-            record.invalidate()
+    if engine.dialect.driver == "psycopg2":
+
+        @event.listens_for(engine, "checkin")
+        def _end_autocommit(dbapi_connection, record) -> None:  # noqa: ANN001
+            # `run_read_only` turns autocommit on for its connection; everyone else expects transactions.
+            if dbapi_connection is None:
+                return
+            try:
+                dbapi_connection.autocommit = False
+            except Exception:  # noqa: BLE001
+                # Closed or broken: a connection that cannot be put back into transactions is never reused.
+                record.invalidate()
 
     return engine
 
@@ -113,7 +114,11 @@ def _open_read_connection(engine: Engine) -> Connection:
         # when the connection goes back: 2 round trips with the pre-ping instead of 4. SQLAlchemy's pre-ping
         # flips the same flag; its AUTOCOMMIT isolation level would instead add a SET on the way in and out.
         # build_engine's "checkin" listener turns it off again before the pool hands the connection on.
-        connection.connection.dbapi_connection.autocommit = True
+        try:
+            connection.connection.dbapi_connection.autocommit = True
+        except BaseException:
+            connection.close()
+            raise
     return connection
 
 

@@ -16,7 +16,7 @@ import secrets
 import sys
 import time
 from logging.handlers import QueueHandler, QueueListener
-from typing import Any
+from typing import Any, TextIO
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -35,8 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "x-request-id"
 # Anything else a client sends as a request id is replaced, so logs cannot be forged or split.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Log lines waiting for stdout, at most; about 5 MB of lines, several seconds of a worker's requests.
+# Log lines waiting for stdout, at most: about 5 MB of request lines, several seconds of a worker's requests.
 LOG_QUEUE_LINES = 20_000
+LOG_FLUSH_SECONDS = 5.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # What the current request has learned about itself; a dict so code in worker threads can add to it.
@@ -88,21 +89,42 @@ class JsonLogFormatter(logging.Formatter):
 
 
 class _DroppingQueueHandler(QueueHandler):
-    """Formats a record in the thread that logs it and queues the line; drops it when the queue is full."""
+    """Formats a record in the thread that logs it (the request id is there) and queues the line."""
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def prepare(self, record: logging.LogRecord) -> str:  # type: ignore[override]
+        return self.format(record)
+
+    def enqueue(self, line: str) -> None:  # type: ignore[override]
         try:
-            self.queue.put_nowait(record)
+            self.queue.put_nowait(line)
         except queue.Full:
             LOG_LINES_DROPPED.inc()
 
 
 class _LineWriter(QueueListener):
-    """Writes the queued lines to stdout on its own thread."""
+    """Writes the queued lines to `stream` on a thread of its own."""
 
-    def enqueue_sentinel(self) -> None:
-        # Stopping waits for room in a full queue rather than fail: the lines before the stop still get written.
-        self.queue.put(self._sentinel)
+    def __init__(self, lines: queue.Queue, stream: TextIO) -> None:
+        super().__init__(lines)
+        self._stream = stream
+
+    def handle(self, line: str) -> None:  # type: ignore[override]
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            # stdout closed or gone: nothing is left to tell.
+            LOG_LINES_DROPPED.inc()
+
+    def stop(self) -> None:
+        # Bounded, like every wait here: a stdout that never reads again must not hold the process at exit.
+        try:
+            self.queue.put(self._sentinel, timeout=LOG_FLUSH_SECONDS)
+        except queue.Full:
+            pass
+        if self._thread is not None:
+            self._thread.join(LOG_FLUSH_SECONDS)
+            self._thread = None
 
 
 _log_writer: _LineWriter | None = None
@@ -112,22 +134,21 @@ def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stdout for every logger, written by a thread of their own; called once per process.
 
     A write to stdout blocks whenever its reader falls behind (a full pipe to the container runtime, a slow
-    disk under a log file); done on the event loop, that would stall every request of the worker. Records are
-    formatted where they are logged (the request id is there) and queued, at most LOG_QUEUE_LINES of them;
-    beyond that they are dropped and counted (log_lines_dropped_total) rather than block.
+    disk under a log file); done on the event loop, that would stall every request of the worker. Lines wait
+    in a queue instead, at most LOG_QUEUE_LINES of them; beyond that they are dropped and counted
+    (log_lines_dropped_total) rather than block.
     """
     global _log_writer
-    if _log_writer is not None:
-        _log_writer.stop()
-    lines: queue.Queue[logging.LogRecord] = queue.Queue(LOG_QUEUE_LINES)
-    writer = logging.StreamHandler(sys.stdout)
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    _log_writer = _LineWriter(lines, writer)
-    _log_writer.start()
+    lines: queue.Queue[str] = queue.Queue(LOG_QUEUE_LINES)
     handler = _DroppingQueueHandler(lines)
     handler.setFormatter(JsonLogFormatter())
+    previous_writer, _log_writer = _log_writer, _LineWriter(lines, sys.stdout)
+    _log_writer.start()
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Only now, so that no line logged in between is lost.
+    if previous_writer is not None:
+        previous_writer.stop()
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):
         logging.getLogger(name).handlers[:] = []
@@ -137,7 +158,7 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def flush_logs() -> None:
-    """Writes every queued line; for the end of a process (the writer thread is a daemon)."""
+    """Writes the queued lines (waiting LOG_FLUSH_SECONDS at most); for the end of a process."""
     global _log_writer
     if _log_writer is not None:
         _log_writer.stop()

@@ -181,8 +181,8 @@ def restartable(
     env = dict(service_env)
     if request.node.get_closest_marker("worker_reload") and not kernel_migrates_queued_connections():
         # With a listening socket per worker (GUNICORN_REUSE_PORT, the default), the connections queued on a
-        # stopping worker's socket are reset unless the kernel hands them over (net.ipv4.tcp_migrate_req=1,
-        # as docker-compose.yml sets). This machine does not: reload with the one shared socket instead.
+        # stopping worker's socket are reset unless the kernel hands them over (net.ipv4.tcp_migrate_req=1).
+        # This machine does not: reload with the one shared socket instead.
         env["GUNICORN_REUSE_PORT"] = "false"
     process = ServiceProcess(service, free_port(), env, tmp_path / f"{service}.log", workers=2).start()
     if service == "auth":

@@ -4,6 +4,7 @@ Rights are read from the database on every request; the token only says who is c
 """
 
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -18,7 +19,7 @@ from shared.passwords import PasswordHasher
 from shared.revocation import revoke_refresh_tokens_of_user
 from shared.tokens import AccessClaims
 from users_service.deps import unauthorized
-from users_service.schemas import UserCreate, UserUpdate, UserUpdateMe
+from users_service.schemas import UserCreate, UserPublic, UserUpdate, UserUpdateMe
 
 logger = logging.getLogger("users_service")
 
@@ -27,20 +28,12 @@ UserRecord = TypeVar("UserRecord", User, Row)
 
 
 USERS = User.__table__
-# What the read routes load: the public fields and what the rights checks need, never the password hash.
-USER_ROWS = select(
-    USERS.c.id,
-    USERS.c.username,
-    USERS.c.email,
-    USERS.c.full_name,
-    USERS.c.is_active,
-    USERS.c.is_admin,
-    USERS.c.created_at,
-    USERS.c.token_version,
-)
+# What the read routes load: the public fields and the token version the rights checks need, never the hash.
+USER_ROWS = select(*(USERS.c[name] for name in [*UserPublic.model_fields, "token_version"]))
 USER_BY_ID = USER_ROWS.where(USERS.c.id == bindparam("user_id"))
 # Two fixed parameters rather than an expanding IN list, whose SQL would be rendered anew for every request.
 CALLER_AND_USER_BY_ID = USER_ROWS.where(USERS.c.id.in_([bindparam("caller_id"), bindparam("user_id")]))
+CALLER_AND_USER_OBJECTS_BY_ID = select(User).where(User.id.in_([bindparam("caller_id"), bindparam("user_id")]))
 
 
 def checked_caller(user: UserRecord | None, *, claims: AccessClaims) -> UserRecord:
@@ -72,9 +65,7 @@ def read_caller(*, connection: Connection, claims: AccessClaims) -> Row:
 def read_user(*, connection: Connection, claims: AccessClaims, user_id: int) -> Row:
     """One user, for itself or an admin; the caller's and the target's rows come in one round trip."""
     found = connection.execute(CALLER_AND_USER_BY_ID, {"caller_id": claims.user_id, "user_id": user_id})
-    rows = {row.id: row for row in found}
-    actor = checked_caller(rows.get(claims.user_id), claims=claims)
-    return authorized_target(actor=actor, target=rows.get(user_id), user_id=user_id)
+    return _caller_and_target_of(found, claims=claims, user_id=user_id)[1]
 
 
 def list_users_for_admin(
@@ -95,9 +86,17 @@ def authenticated_user(*, session: Session, claims: AccessClaims) -> User:
 
 def caller_and_target(*, session: Session, claims: AccessClaims, user_id: int) -> tuple[User, User]:
     """The caller and the user it asks about, rights checked; both rows come in one round trip."""
-    users = {user.id: user for user in session.scalars(select(User).where(User.id.in_([claims.user_id, user_id])))}
-    actor = checked_caller(users.get(claims.user_id), claims=claims)
-    return actor, authorized_target(actor=actor, target=users.get(user_id), user_id=user_id)
+    found = session.scalars(CALLER_AND_USER_OBJECTS_BY_ID, {"caller_id": claims.user_id, "user_id": user_id})
+    return _caller_and_target_of(found, claims=claims, user_id=user_id)
+
+
+def _caller_and_target_of(
+    users: Iterable[UserRecord], *, claims: AccessClaims, user_id: int
+) -> tuple[UserRecord, UserRecord]:
+    """Rights checked on the rows of one query for both ids (one row when the caller asks about itself)."""
+    by_id = {user.id: user for user in users}
+    actor = checked_caller(by_id.get(claims.user_id), claims=claims)
+    return actor, authorized_target(actor=actor, target=by_id.get(user_id), user_id=user_id)
 
 
 def update_caller(*, session: Session, hasher: PasswordHasher, claims: AccessClaims, data: UserUpdateMe) -> User:
