@@ -28,6 +28,7 @@ postgresql-common (`pg_ctlcluster`, `pg_lsclusters`).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import secrets
 import shutil
@@ -387,30 +388,43 @@ def _prepare_accounts(users_url: str, auth_url: str, count: int) -> list[tuple[s
     return accounts
 
 
+def sign_up_until(*, stop: threading.Event, recorder: Recorder, users_url: str, timeout: float, pause: float) -> None:
+    """New users one after another on one keep-alive session until `stop`; each acknowledgement recorded."""
+    session = requests.Session()
+    while not stop.is_set():
+        username = f"fs_{secrets.token_hex(8)}"
+        response = timed_request(
+            recorder,
+            session,
+            "signup",
+            "users",
+            "POST",
+            f"{users_url}/users",
+            timeout,
+            json={"username": username, "password": PASSWORD},
+        )
+        recorder.signup(
+            username, response.json()["id"] if response is not None and response.status_code == 201 else None
+        )
+        stop.wait(pause)
+
+
+def read_me_until(
+    *, stop: threading.Event, recorder: Recorder, users_url: str, token: str, timeout: float, pause: float
+) -> None:
+    """`GET /users/me` on one keep-alive session (as real clients and proxies do) until `stop`."""
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {token}"}
+    while not stop.is_set():
+        timed_request(recorder, session, "me", "users", "GET", f"{users_url}/users/me", timeout, headers=headers)
+        stop.wait(pause)
+
+
 def _load_threads(
     config: OutageConfig, recorder: Recorder, auth_url: str, users_url: str, stop: threading.Event
 ) -> list[threading.Thread]:
     accounts = _prepare_accounts(users_url, auth_url, max(config.login_threads, config.me_threads))
     timeout = config.request_timeout
-
-    def signups() -> None:
-        session = requests.Session()
-        while not stop.is_set():
-            username = f"fs_{secrets.token_hex(8)}"
-            response = timed_request(
-                recorder,
-                session,
-                "signup",
-                "users",
-                "POST",
-                f"{users_url}/users",
-                timeout,
-                json={"username": username, "password": PASSWORD},
-            )
-            recorder.signup(
-                username, response.json()["id"] if response is not None and response.status_code == 201 else None
-            )
-            stop.wait(config.pause)
 
     def logins(username: str) -> Callable[[], None]:
         def run() -> None:
@@ -430,18 +444,6 @@ def _load_threads(
 
         return run
 
-    def reads(token: str) -> Callable[[], None]:
-        def run() -> None:
-            session = requests.Session()
-            headers = {"Authorization": f"Bearer {token}"}
-            while not stop.is_set():
-                timed_request(
-                    recorder, session, "me", "users", "GET", f"{users_url}/users/me", timeout, headers=headers
-                )
-                stop.wait(config.pause)
-
-        return run
-
     def probes() -> None:
         session = requests.Session()
         targets = [
@@ -456,9 +458,10 @@ def _load_threads(
                 timed_request(recorder, session, kind, service, "GET", url, timeout)
             stop.wait(config.probe_interval)
 
-    targets: list[Callable[[], None]] = [signups] * config.signup_threads
+    load = {"stop": stop, "recorder": recorder, "users_url": users_url, "timeout": timeout, "pause": config.pause}
+    targets: list[Callable[[], None]] = [functools.partial(sign_up_until, **load)] * config.signup_threads
     targets += [logins(accounts[i][0]) for i in range(config.login_threads)]
-    targets += [reads(accounts[i][1]) for i in range(config.me_threads)]
+    targets += [functools.partial(read_me_until, token=accounts[i][1], **load) for i in range(config.me_threads)]
     targets.append(probes)
     return [threading.Thread(target=target, name=f"load-{i}", daemon=True) for i, target in enumerate(targets)]
 

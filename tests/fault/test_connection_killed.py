@@ -21,7 +21,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from shared.testing import admin_database_url, postgres_answers
-from tests.fault.db_outage import PASSWORD, Recorder, _check_writes, own_database, services, timed_request
+from tests.fault.db_outage import (
+    PASSWORD,
+    Recorder,
+    _check_writes,
+    own_database,
+    read_me_until,
+    services,
+    sign_up_until,
+)
 
 KILL_SECONDS = 6.0
 KILL_INTERVAL = 0.03
@@ -55,39 +63,6 @@ def killed(admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         killing = threading.Event()
         kills = Counter()
 
-        def reader() -> None:
-            session = requests.Session()  # keep-alive, as real clients and proxies do
-            while not stop.is_set():
-                timed_request(
-                    recorder,
-                    session,
-                    "me",
-                    "users",
-                    "GET",
-                    f"{users.url}/users/me",
-                    15,
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                stop.wait(0.005)
-
-        def signer() -> None:
-            session = requests.Session()
-            while not stop.is_set():
-                name = f"kw_{secrets.token_hex(8)}"
-                response = timed_request(
-                    recorder,
-                    session,
-                    "signup",
-                    "users",
-                    "POST",
-                    f"{users.url}/users",
-                    15,
-                    json={"username": name, "password": PASSWORD},
-                )
-                recorder.signup(
-                    name, response.json()["id"] if response is not None and response.status_code == 201 else None
-                )
-
         def killer() -> None:
             engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
             name = make_url(database_url).database
@@ -105,8 +80,12 @@ def killed(admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             finally:
                 engine.dispose()
 
-        threads = [threading.Thread(target=reader, daemon=True) for _ in range(CLIENTS)]
-        threads.append(threading.Thread(target=signer, daemon=True))
+        load = {"stop": stop, "recorder": recorder, "users_url": users.url, "timeout": 15}
+        threads = [
+            threading.Thread(target=read_me_until, kwargs={"token": token, "pause": 0.005, **load}, daemon=True)
+            for _ in range(CLIENTS)
+        ]
+        threads.append(threading.Thread(target=sign_up_until, kwargs={"pause": 0, **load}, daemon=True))
         for thread in threads:
             thread.start()
         killing.set()
