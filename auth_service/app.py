@@ -16,10 +16,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service="auth",
         title="Auth service",
         description="Checks credentials and issues access tokens (JWT) and rotating refresh tokens.",
+        router=router,
     )
     app.state.hasher = PasswordHasher(settings)
     app.state.issuer = AccessTokenIssuer(settings)
-    app.include_router(router)
     return app
 
 

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # A SELECT 1 before each use of a pooled connection: what finds the ones a suspended Neon compute closed.
+    db_pool_pre_ping: bool = True
     # Neon closes idle connections when it suspends a compute; recycle before that bites.
     db_pool_recycle_seconds: int = Field(default=280, ge=1, le=300)
     db_connect_timeout_seconds: int = Field(default=10, ge=1, le=60)

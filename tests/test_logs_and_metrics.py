@@ -90,6 +90,14 @@ def test_request_id_is_kept_when_sane_and_replaced_otherwise(own_stack) -> None:
     assert '"request_id": "trace-42.a_b"' in stack.processes[1].log_text()
 
 
+def test_generated_request_ids_are_unique_across_workers(stack: Stack) -> None:
+    # A new connection each time, so both workers answer: ids drawn from one random state copied into
+    # every worker by fork would repeat from one worker to the next.
+    ids = [requests.get(f"{stack.users_url}/healthz", timeout=10).headers["X-Request-ID"] for _ in range(60)]
+    assert all(len(request_id) == 32 for request_id in ids)
+    assert len(set(ids)) == len(ids)
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     total = 0.0

@@ -54,12 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service="users",
         title="Users service",
         description="User accounts. Authorize with an access token from the auth service's POST /token.",
+        router=router,
         on_startup=_bootstrap_admin,
     )
     app.state.hasher = PasswordHasher(settings)
     app.state.key_source = build_key_source(settings)
     app.state.verifier = AccessTokenVerifier(settings, app.state.key_source)
-    app.include_router(router)
     _point_docs_login_at_auth_service(app, token_url=f"{settings.effective_auth_public_url}/token")
     return app
 

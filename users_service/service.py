@@ -8,11 +8,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection, Row, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from shared.database import fetch_rows
 from shared.errors import ApiError
 from shared.models import EMAIL_UNIQUE_INDEX, User
 from shared.passwords import PasswordHasher
@@ -23,8 +24,8 @@ from users_service.schemas import UserCreate, UserPublic, UserUpdate, UserUpdate
 
 logger = logging.getLogger("users_service")
 
-# A user as the rights checks see it: an ORM `User` when writing, a Core row when reading.
-UserRecord = TypeVar("UserRecord", User, Row)
+# A user as the rights checks see it: an ORM `User` when writing, a row (named tuple) when reading.
+UserRecord = TypeVar("UserRecord", User, tuple)
 
 
 USERS = User.__table__
@@ -34,6 +35,8 @@ USER_BY_ID = USER_ROWS.where(USERS.c.id == bindparam("user_id"))
 # Two fixed parameters rather than an expanding IN list, whose SQL would be rendered anew for every request.
 CALLER_AND_USER_BY_ID = USER_ROWS.where(USERS.c.id.in_([bindparam("caller_id"), bindparam("user_id")]))
 CALLER_AND_USER_OBJECTS_BY_ID = select(User).where(User.id.in_([bindparam("caller_id"), bindparam("user_id")]))
+USER_PAGE = USER_ROWS.order_by(USERS.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
+USER_COUNT = select(func.count().label("total")).select_from(USERS)
 
 
 def checked_caller(user: UserRecord | None, *, claims: AccessClaims) -> UserRecord:
@@ -54,27 +57,25 @@ def authorized_target(*, actor: UserRecord, target: UserRecord | None, user_id: 
     return target
 
 
-# Reads: Core rows on a connection (`run_read_only`), no ORM objects. Rights are read on every request.
+# Reads: rows of Core selects on a connection (`run_read_only`, `fetch_rows`), no ORM objects. Rights are read on
+# every request.
 
 
-def read_caller(*, connection: Connection, claims: AccessClaims) -> Row:
-    row = connection.execute(USER_BY_ID, {"user_id": claims.user_id}).one_or_none()
-    return checked_caller(row, claims=claims)
+def read_caller(*, connection: Connection, claims: AccessClaims) -> tuple:
+    found = fetch_rows(connection, USER_BY_ID, {"user_id": claims.user_id})
+    return checked_caller(found[0] if found else None, claims=claims)
 
 
-def read_user(*, connection: Connection, claims: AccessClaims, user_id: int) -> Row:
+def read_user(*, connection: Connection, claims: AccessClaims, user_id: int) -> tuple:
     """One user, for itself or an admin; the caller's and the target's rows come in one round trip."""
-    found = connection.execute(CALLER_AND_USER_BY_ID, {"caller_id": claims.user_id, "user_id": user_id})
+    found = fetch_rows(connection, CALLER_AND_USER_BY_ID, {"caller_id": claims.user_id, "user_id": user_id})
     return _caller_and_target_of(found, claims=claims, user_id=user_id)[1]
 
 
-def list_users_for_admin(
-    *, connection: Connection, claims: AccessClaims, limit: int, offset: int
-) -> tuple[list[Row], int]:
+def list_users_for_admin(*, connection: Connection, claims: AccessClaims, limit: int, offset: int) -> tuple[list, int]:
     require_admin(read_caller(connection=connection, claims=claims))
-    total = connection.scalar(select(func.count()).select_from(USERS))
-    users = list(connection.execute(USER_ROWS.order_by(USERS.c.id).limit(limit).offset(offset)))
-    return users, total or 0
+    total = fetch_rows(connection, USER_COUNT)[0].total
+    return fetch_rows(connection, USER_PAGE, {"limit": limit, "offset": offset}), total
 
 
 # Writes: ORM objects in a session (`run_in_session`), committed or rolled back as a whole.
@@ -120,7 +121,7 @@ def delete_user_by_id(*, session: Session, claims: AccessClaims, user_id: int) -
     delete_user(session=session, user=target)
 
 
-def require_admin(actor: User | Row) -> None:
+def require_admin(actor: User | tuple) -> None:
     if not actor.is_admin:
         raise ApiError(403, "Admin rights required", error="forbidden")
 

@@ -264,6 +264,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on the machine (the bench's backends among them)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def machine_cpu() -> tuple[int, int]:
     """(all, idle) jiffies of the whole machine since boot, from /proc/stat."""
     values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -494,11 +507,13 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
         memory = stack.enter_context(PeakMemory(process))
         if profile_to is not None:
             stack.enter_context(profiling(process, seconds, profile_to))
-        cpu_before, machine_before = cpu_seconds(workers), machine_cpu()
+        database = postgres_pids()
+        cpu_before, database_before, machine_before = cpu_seconds(workers), cpu_seconds(database), machine_cpu()
         started = time.monotonic()
         finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
         elapsed = time.monotonic() - started
         cpu_used, machine_after = cpu_seconds(workers) - cpu_before, machine_cpu()
+        database_used = cpu_seconds(database) - database_before
     summary_line = next((line for line in finished.stdout.splitlines() if line.startswith("BENCH_JSON ")), None)
     if finished.returncode != 0 or summary_line is None:
         raise RuntimeError(f"wrk failed for {scenario.name} ({finished.returncode}): {finished.stderr.strip()[:500]}")
@@ -518,6 +533,8 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
         "peak_rss_mib_per_worker": memory.peak_mib_per_worker(),
         # Worker CPU per request: steadier than req/s when other processes share the machine.
         "cpu_ms_per_request": 1000 * cpu_used / figures["requests"] if figures["requests"] else 0.0,
+        # PostgreSQL's share of the same machine: its processes' CPU per request (backends started mid-run missed).
+        "database_cpu_ms_per_request": 1000 * database_used / figures["requests"] if figures["requests"] else 0.0,
         # How many cores the service's workers used, and how busy the whole machine was (other processes too).
         "worker_cores_used": cpu_used / elapsed if elapsed else 0.0,
         "machine_busy": 1 - ratio(machine_after[1] - machine_before[1], machine_after[0] - machine_before[0]),
@@ -581,6 +598,7 @@ def measure(run: BenchRun, scenarios: list[Scenario], *, phase: str) -> dict[str
             "socket_errors": sum(one["socket_errors"] for one in runs) + warm["socket_errors"],
             "peak_rss_mib_per_worker": max(one["peak_rss_mib_per_worker"] for one in runs),
             "cpu_ms_per_request": statistics.median(one["cpu_ms_per_request"] for one in runs),
+            "database_cpu_ms_per_request": statistics.median(one["database_cpu_ms_per_request"] for one in runs),
             "worker_cores_used": statistics.median(one["worker_cores_used"] for one in runs),
             "machine_busy": statistics.median(one["machine_busy"] for one in runs),
             "requests": sum(one["requests"] for one in runs),
@@ -783,15 +801,16 @@ def format_table(report: dict) -> str:
         f" {' '.join(report['load_average_at_start'])}; machine CPU busy during the runs (median)"
         f" {100 * report['machine_busy_median']:.0f} %.",
         "",
-        "| endpoint | conns | req/s | p50 ms | p99 ms | p99/p50 | non-2xx | peak RSS/worker MiB | worker CPU ms/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| endpoint | conns | req/s | p50 ms | p99 ms | p99/p50 | non-2xx | peak RSS/worker MiB | worker CPU ms/req"
+        " | PostgreSQL CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for one in report["scenarios"].values():
         errors = one["non2xx"] + one["socket_errors"]
         lines.append(
             f"| {one['label']} | {one['connections']} | {one['rps']:.0f} | {one['p50_ms']:.2f} | {one['p99_ms']:.2f}"
             f" | {ratio(one['p99_ms'], one['p50_ms']):.1f} | {errors} | {one['peak_rss_mib_per_worker']:.0f}"
-            f" | {one['cpu_ms_per_request']:.2f} |"
+            f" | {one['cpu_ms_per_request']:.2f} | {one['database_cpu_ms_per_request']:.2f} |"
         )
     lines += [
         "",

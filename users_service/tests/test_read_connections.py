@@ -1,4 +1,5 @@
-"""The read path's connections (`run_read_only`): statements outside transactions, and the pool left as it was.
+"""The read path (`run_read_only`, `fetch_rows`): reads outside transactions, everything else inside one,
+rows and errors as SQLAlchemy's own would be.
 
 A pool of one connection, so the read and the session after it are sure to share it.
 """
@@ -10,12 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, create_engine, func, select, text
+from sqlalchemy.exc import OperationalError
 
-from shared.database import run_read_only
-from shared.models import User
+from shared.database import fetch_rows, run_read_only
+from shared.models import Base, User
 from shared.settings import Settings
+from shared.testing import admin_database_url
 from users_service.app import create_app
+from users_service.schemas import UserPublic
+from users_service.service import CALLER_AND_USER_BY_ID, USER_BY_ID, USER_ROWS, USERS
 
 
 @pytest.fixture
@@ -27,30 +32,131 @@ def one_connection_app(settings: Settings) -> Iterator[FastAPI]:
     app.state.engine.dispose()
 
 
+def backend_pid(*, connection: Connection) -> int:
+    return fetch_rows(connection, select(func.pg_backend_pid().label("pid")))[0].pid
+
+
+def terminate_backend(pid: int) -> None:
+    admin = create_engine(admin_database_url())
+    with admin.connect() as admin_connection:
+        admin_connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+
+
 def read(app: FastAPI, work, **arguments):  # noqa: ANN001, ANN201
     return asyncio.run(run_read_only(SimpleNamespace(app=app), work, **arguments))
 
 
-def transaction_start_times(*, connection: Connection) -> tuple[object, object]:
+def fetched_transaction_start_times(*, connection: Connection) -> tuple[object, object]:
     # now() is the start of the current transaction: the same for two statements of one transaction.
+    first = fetch_rows(connection, select(func.now().label("now")))[0].now
+    fetch_rows(connection, select(func.pg_sleep(0.02).label("slept")))
+    return first, fetch_rows(connection, select(func.now().label("now")))[0].now
+
+
+def executed_transaction_start_times(*, connection: Connection) -> tuple[object, object]:
     first = connection.scalar(text("SELECT now()"))
     connection.execute(text("SELECT pg_sleep(0.02)"))
     return first, connection.scalar(text("SELECT now()"))
 
 
-def test_each_read_statement_runs_outside_a_transaction(one_connection_app: FastAPI) -> None:
-    first, second = read(one_connection_app, transaction_start_times)
+def test_each_fetched_statement_runs_outside_a_transaction(one_connection_app: FastAPI) -> None:
+    first, second = read(one_connection_app, fetched_transaction_start_times)
     assert first != second
 
 
+def test_sqlalchemy_statements_on_the_same_connection_get_a_transaction(one_connection_app: FastAPI) -> None:
+    read(one_connection_app, fetched_transaction_start_times)
+    first, second = read(one_connection_app, executed_transaction_start_times)
+    assert first == second
+
+
 def test_a_session_after_a_read_still_gets_a_transaction(one_connection_app: FastAPI) -> None:
-    read(one_connection_app, transaction_start_times)
+    read(one_connection_app, fetched_transaction_start_times)
     username = f"rollback_{secrets.token_hex(4)}"
     with one_connection_app.state.session_factory() as session:
-        first, second = transaction_start_times(connection=session.connection())
+        first, second = executed_transaction_start_times(connection=session.connection())
         assert first == second
         session.add(User(username=username, password_hash="x", is_active=True, is_admin=False, token_version=0))
         session.flush()
         session.rollback()
     with one_connection_app.state.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(User).where(User.username == username)) == 0
+    # And the connection is back in autocommit for the next read.
+    first, second = read(one_connection_app, fetched_transaction_start_times)
+    assert first != second
+
+
+def test_fetch_rows_gives_the_rows_sqlalchemy_gives(one_connection_app: FastAPI) -> None:
+    with one_connection_app.state.session_factory() as session:
+        users = [
+            User(username=f"rows_{secrets.token_hex(4)}", full_name=name, password_hash="x", is_active=True)
+            for name in ("Ada", None)
+        ]
+        session.add_all(users)
+        session.commit()
+    parameters = {"caller_id": users[0].id, "user_id": users[1].id}
+
+    def both(*, connection: Connection) -> tuple[list, list]:
+        return (
+            fetch_rows(connection, CALLER_AND_USER_BY_ID, parameters),
+            list(connection.execute(CALLER_AND_USER_BY_ID, parameters)),
+        )
+
+    fetched, executed = read(one_connection_app, both)
+    assert fetched and [tuple(row) for row in fetched] == [tuple(row) for row in executed]
+    assert [row._asdict() for row in fetched] == [row._asdict() for row in executed]
+
+
+def test_fetch_rows_on_sqlite_answers_as_sqlalchemy_does() -> None:
+    """`make run`'s SQLite gives text timestamps and 0/1 booleans: the response is the same all the same."""
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with engine.connect() as connection:
+        connection.execute(
+            USERS.insert(),
+            {"username": "ada", "email": "ada@example.com", "password_hash": "x", "is_active": True},
+        )
+        fetched = fetch_rows(connection, USER_BY_ID, {"user_id": 1})
+        executed = connection.execute(USER_BY_ID, {"user_id": 1}).one()
+    engine.dispose()
+    assert len(fetched) == 1
+    public = UserPublic.model_validate(fetched[0])
+    assert public.model_dump_json() == UserPublic.model_validate(executed).model_dump_json()
+    assert public.is_active is True and public.is_admin is False
+
+
+def test_a_connection_lost_during_a_read_is_a_sqlalchemy_error_and_is_replaced(one_connection_app: FastAPI) -> None:
+    def read_after_the_backend_is_killed(*, connection: Connection) -> None:
+        terminate_backend(backend_pid(connection=connection))
+        fetch_rows(connection, USER_BY_ID, {"user_id": 1})
+
+    with pytest.raises(OperationalError) as lost:
+        read(one_connection_app, read_after_the_backend_is_killed)
+    # Wrapped like Connection.execute's errors, so the 503 handler answers; the pool's only connection is new.
+    assert lost.value.connection_invalidated
+    assert read(one_connection_app, lambda *, connection: fetch_rows(connection, USER_ROWS.limit(1)))
+
+
+def test_fetch_rows_refuses_statements_rendered_anew_for_each_execution(one_connection_app: FastAPI) -> None:
+    expanding = select(USERS.c.id).where(USERS.c.id.in_([1, 2]))
+    with pytest.raises(ValueError, match="expanding"):
+        read(one_connection_app, lambda *, connection: fetch_rows(connection, expanding))
+
+
+@pytest.mark.parametrize("pre_ping", [True, False])
+def test_the_pre_ping_replaces_a_pooled_connection_the_server_closed(settings: Settings, pre_ping: bool) -> None:
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL matter")
+    app = create_app(
+        settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_pre_ping": pre_ping})
+    )
+    try:
+        terminate_backend(read(app, backend_pid))
+        if pre_ping:
+            assert read(app, backend_pid)
+        else:
+            with pytest.raises(OperationalError):
+                read(app, backend_pid)
+    finally:
+        app.state.engine.dispose()
