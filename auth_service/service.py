@@ -14,9 +14,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from auth_service.throttle import begin_login_attempt, clear_login_failures, throttle_key_for_username
+from auth_service.throttle import (
+    begin_login_attempt,
+    clear_login_failures,
+    forget_login_attempt,
+    throttle_key_for_username,
+)
 from shared.models import USERNAME_PATTERN, RefreshToken, User
-from shared.passwords import PasswordHasher
+from shared.passwords import PasswordHasher, PasswordHashingBusy
 from shared.settings import Settings
 from shared.tokens import AccessTokenIssuer
 
@@ -81,15 +86,23 @@ def login_with_password(
 ) -> TokenPair:
     """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens."""
     username_key = throttle_key_for_username(username)
-    begin_login_attempt(session=session, settings=settings, username_key=username_key, address=address, now=now)
+    attempt_id = begin_login_attempt(
+        session=session, settings=settings, username_key=username_key, address=address, now=now
+    )
     user = None
     if USERNAME_REGEX.fullmatch(username):
         user = session.scalar(select(User).where(User.username == username.lower()))
-    if user is None:
-        hasher.verify_dummy(password=password)
-        matches, new_hash = False, None
-    else:
-        matches, new_hash = hasher.verify_and_update(password=password, password_hash=user.password_hash)
+    try:
+        if user is None:
+            hasher.verify_dummy(password=password)
+            matches, new_hash = False, None
+        else:
+            matches, new_hash = hasher.verify_and_update(password=password, password_hash=user.password_hash)
+    except PasswordHashingBusy:
+        # Refused for a full hash queue (503): no password was checked, so a client retrying through an
+        # overload does not lock itself out.
+        forget_login_attempt(session=session, attempt_id=attempt_id)
+        raise
     if not matches or user is None or not user.is_active:
         # The attempt is already recorded as a failure.
         raise InvalidCredentials

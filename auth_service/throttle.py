@@ -83,10 +83,15 @@ def begin_login_attempt(*, session: Session, settings: Settings, username_key: s
         session=session, settings=settings, username_key=username_key, address=address, now=now, attempt_id=attempt.id
     )
     if retry_after:
-        session.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
-        session.commit()
+        forget_login_attempt(session=session, attempt_id=attempt.id)
         raise LoginThrottled(retry_after)
     return attempt.id
+
+
+def forget_login_attempt(*, session: Session, attempt_id: int) -> None:
+    """Deletes and commits an attempt whose password was never checked, so that it counts as no failure."""
+    session.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
+    session.commit()
 
 
 def _seconds_until_allowed(

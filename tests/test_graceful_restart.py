@@ -31,7 +31,7 @@ IN_FLIGHT = 20
 # on two cores, the more so while the new workers start.
 RELOAD_CLIENTS = 8
 # Slower hashes: each login or sign-up then takes ~100 ms on this machine, so 20 of them on 2 workers
-# (2 hashes at a time each) keep the workers busy for about half a second.
+# (one hash at a time each) keep the workers busy for about a second.
 ARGON2_TIME_COST = "6"
 PASSWORD = "graceful password 1"
 ANSWER_TIMEOUT = 60
