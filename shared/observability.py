@@ -32,7 +32,7 @@ from prometheus_client import (
 from sqlalchemy import Engine, event
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADER = b"x-request-id"
 # Anything else a client sends as a request id is replaced, so logs cannot be forged or split.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Log lines waiting for stdout, at most: about 5 MB of request lines, several seconds of a worker's requests.
@@ -214,7 +214,7 @@ class RequestObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
 
         try:
@@ -248,7 +248,7 @@ class RequestObservabilityMiddleware:
 
 def _request_id_from(scope: Scope) -> str:
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
+        if name == REQUEST_ID_HEADER:
             candidate = value.decode("latin-1")
             if SANE_REQUEST_ID.fullmatch(candidate):
                 return candidate

@@ -40,6 +40,15 @@ def postgres_answers(url: str) -> bool:
         engine.dispose()
 
 
+def terminate_backends(*pids: int) -> None:
+    """Ends these PostgreSQL backends from outside, as a failover or a suspended Neon compute would."""
+    engine = create_engine(admin_database_url())
+    with engine.connect() as connection:
+        for pid in pids:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    engine.dispose()
+
+
 def new_test_secret() -> str:
     return secrets.token_urlsafe(48)
 

@@ -33,8 +33,9 @@ USERS = User.__table__
 USER_ROWS = select(*(USERS.c[name] for name in [*UserPublic.model_fields, "token_version"]))
 USER_BY_ID = USER_ROWS.where(USERS.c.id == bindparam("user_id"))
 # Two fixed parameters rather than an expanding IN list, whose SQL would be rendered anew for every request.
-CALLER_AND_USER_BY_ID = USER_ROWS.where(USERS.c.id.in_([bindparam("caller_id"), bindparam("user_id")]))
-CALLER_AND_USER_OBJECTS_BY_ID = select(User).where(User.id.in_([bindparam("caller_id"), bindparam("user_id")]))
+CALLER_AND_USER_IDS = USERS.c.id.in_([bindparam("caller_id"), bindparam("user_id")])
+CALLER_AND_USER_BY_ID = USER_ROWS.where(CALLER_AND_USER_IDS)
+CALLER_AND_USER_OBJECTS_BY_ID = select(User).where(CALLER_AND_USER_IDS)
 USER_PAGE = USER_ROWS.order_by(USERS.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
 USER_COUNT = select(func.count().label("total")).select_from(USERS)
 

@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from auth_service.tests.conftest import login
-from shared.testing import admin_database_url, drop_database
+from shared.testing import admin_database_url, drop_database, terminate_backends
 
 DATABASE_DOWN_URL = "postgresql+psycopg2://postgres@127.0.0.1:1/x"
 NEEDS_THE_DATABASE = {
@@ -74,11 +74,7 @@ def test_service_recovers_when_its_pooled_connections_are_killed(make_client, ma
     for connection in pooled:
         connection.close()
 
-    admin = create_engine(admin_database_url())
-    with admin.connect() as connection:
-        for backend_id in backend_ids:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_id})
-    admin.dispose()
+    terminate_backends(*backend_ids)
 
     assert app_client.get("/readyz").status_code == 200
     assert login(app_client, user.username, user.password).status_code == 200

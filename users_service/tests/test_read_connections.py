@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from shared.database import fetch_rows, run_read_only
 from shared.models import Base, User
 from shared.settings import Settings
-from shared.testing import admin_database_url
+from shared.testing import terminate_backends
 from users_service.app import create_app
 from users_service.schemas import UserPublic
 from users_service.service import CALLER_AND_USER_BY_ID, USER_BY_ID, USER_ROWS, USERS
@@ -34,13 +34,6 @@ def one_connection_app(settings: Settings) -> Iterator[FastAPI]:
 
 def backend_pid(*, connection: Connection) -> int:
     return fetch_rows(connection, select(func.pg_backend_pid().label("pid")))[0].pid
-
-
-def terminate_backend(pid: int) -> None:
-    admin = create_engine(admin_database_url())
-    with admin.connect() as admin_connection:
-        admin_connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    admin.dispose()
 
 
 def read(app: FastAPI, work, **arguments):  # noqa: ANN001, ANN201
@@ -128,7 +121,7 @@ def test_fetch_rows_on_sqlite_answers_as_sqlalchemy_does() -> None:
 
 def test_a_connection_lost_during_a_read_is_a_sqlalchemy_error_and_is_replaced(one_connection_app: FastAPI) -> None:
     def read_after_the_backend_is_killed(*, connection: Connection) -> None:
-        terminate_backend(backend_pid(connection=connection))
+        terminate_backends(backend_pid(connection=connection))
         fetch_rows(connection, USER_BY_ID, {"user_id": 1})
 
     with pytest.raises(OperationalError) as lost:
@@ -152,7 +145,7 @@ def test_the_pre_ping_replaces_a_pooled_connection_the_server_closed(settings: S
         settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_pre_ping": pre_ping})
     )
     try:
-        terminate_backend(read(app, backend_pid))
+        terminate_backends(read(app, backend_pid))
         if pre_ping:
             assert read(app, backend_pid)
         else:
