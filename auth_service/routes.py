@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from auth_service import service
 from auth_service.schemas import JwksResponse, TokenResponse
 from auth_service.throttle import LoginThrottled, client_address
-from shared.database import run_in_session
+from shared.database import run_in_session, run_on_connection
 from shared.errors import ApiError, documented_errors
 from shared.observability import LOGIN_ATTEMPTS, REFRESH_REUSE, set_request_user
 
@@ -80,7 +80,7 @@ async def issue_token(
         trusted_proxies=settings.trusted_proxies,
     )
     try:
-        pair = await run_in_session(
+        pair = await run_on_connection(
             request,
             service.login_with_password,
             settings=settings,

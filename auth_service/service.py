@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import Connection, bindparam, exists, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from auth_service.throttle import (
@@ -20,6 +20,7 @@ from auth_service.throttle import (
     forget_login_attempt,
     throttle_key_for_username,
 )
+from shared.database import run_statement
 from shared.models import USERNAME_PATTERN, RefreshToken, User
 from shared.passwords import PasswordHasher, PasswordHashingBusy
 from shared.settings import Settings
@@ -53,29 +54,54 @@ def hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+REFRESH_TOKENS = RefreshToken.__table__
+NEW_REFRESH_TOKEN = insert(REFRESH_TOKENS).values(
+    token_hash=bindparam("token_hash"),
+    family_id=bindparam("family_id"),
+    user_id=bindparam("user_id"),
+    issued_at=bindparam("issued_at"),
+    expires_at=bindparam("expires_at"),
+)
+USERS = User.__table__
+USER_FOR_LOGIN = select(USERS.c.id, USERS.c.password_hash, USERS.c.is_active, USERS.c.token_version).where(
+    USERS.c.username == bindparam("username")
+)
+NEW_PASSWORD_HASH = (
+    update(USERS)
+    .where(USERS.c.id == bindparam("user_id"))
+    .values(password_hash=bindparam("new_hash"), updated_at=bindparam("now"))
+)
+
+
 def issue_token_pair(
-    *, session: Session, settings: Settings, issuer: AccessTokenIssuer, user: User, family_id: str, now: datetime
-) -> TokenPair:
-    """A new access token and a new refresh token in `family_id`; the caller commits."""
-    access = issuer.issue(user_id=user.id, token_version=user.token_version, now=now.timestamp())
+    *,
+    settings: Settings,
+    issuer: AccessTokenIssuer,
+    user_id: int,
+    token_version: int,
+    family_id: str,
+    now: datetime,
+) -> tuple[TokenPair, dict[str, object]]:
+    """A new access token and a new refresh token in `family_id`, and the refresh token's row (`NEW_REFRESH_TOKEN`
+    parameters) for the caller to insert."""
+    access = issuer.issue(user_id=user_id, token_version=token_version, now=now.timestamp())
     refresh_token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
-    session.add(
-        RefreshToken(
-            token_hash=hash_refresh_token(refresh_token),
-            family_id=family_id,
-            user_id=user.id,
-            issued_at=now,
-            expires_at=now + timedelta(seconds=settings.refresh_token_ttl_seconds),
-        )
+    row = {
+        "token_hash": hash_refresh_token(refresh_token),
+        "family_id": family_id,
+        "user_id": user_id,
+        "issued_at": now,
+        "expires_at": now + timedelta(seconds=settings.refresh_token_ttl_seconds),
+    }
+    pair = TokenPair(
+        user_id=user_id, access_token=access.token, expires_in=access.expires_in, refresh_token=refresh_token
     )
-    return TokenPair(
-        user_id=user.id, access_token=access.token, expires_in=access.expires_in, refresh_token=refresh_token
-    )
+    return pair, row
 
 
 def login_with_password(
     *,
-    session: Session,
+    connection: Connection,
     settings: Settings,
     hasher: PasswordHasher,
     issuer: AccessTokenIssuer,
@@ -84,14 +110,21 @@ def login_with_password(
     address: str,
     now: datetime,
 ) -> TokenPair:
-    """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens."""
+    """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens.
+
+    Every statement commits on its own (`run_statement`): no transaction, and behind Neon's pooler no server
+    connection, is held while the password waits for and runs its hash. None needs another's atomicity: the
+    attempt is committed before the counts that must see it, and a crash between clearing the failures and
+    storing the refresh token loses only a token the client never received.
+    """
     username_key = throttle_key_for_username(username)
     attempt_id = begin_login_attempt(
-        session=session, settings=settings, username_key=username_key, address=address, now=now
+        connection=connection, settings=settings, username_key=username_key, address=address, now=now
     )
     user = None
     if USERNAME_REGEX.fullmatch(username):
-        user = session.scalar(select(User).where(User.username == username.lower()))
+        found = run_statement(connection, USER_FOR_LOGIN, {"username": username.lower()})
+        user = found[0] if found else None
     try:
         if user is None:
             hasher.verify_dummy(password=password)
@@ -101,18 +134,23 @@ def login_with_password(
     except PasswordHashingBusy:
         # Refused for a full hash queue (503): no password was checked, so a client retrying through an
         # overload does not lock itself out.
-        forget_login_attempt(session=session, attempt_id=attempt_id)
+        forget_login_attempt(connection=connection, attempt_id=attempt_id)
         raise
     if not matches or user is None or not user.is_active:
         # The attempt is already recorded as a failure.
         raise InvalidCredentials
     if new_hash is not None:
-        user.password_hash = new_hash
-    clear_login_failures(session=session, username_key=username_key, address=address)
-    pair = issue_token_pair(
-        session=session, settings=settings, issuer=issuer, user=user, family_id=str(uuid.uuid4()), now=now
+        run_statement(connection, NEW_PASSWORD_HASH, {"user_id": user.id, "new_hash": new_hash, "now": now})
+    clear_login_failures(connection=connection, username_key=username_key, address=address)
+    pair, refresh_row = issue_token_pair(
+        settings=settings,
+        issuer=issuer,
+        user_id=user.id,
+        token_version=user.token_version,
+        family_id=str(uuid.uuid4()),
+        now=now,
     )
-    session.commit()
+    run_statement(connection, NEW_REFRESH_TOKEN, refresh_row)
     return pair
 
 
@@ -156,9 +194,15 @@ def refresh_token_pair(
         revoke_family(session=session, family_id=retired.family_id, now=now)
         session.commit()
         raise InvalidRefreshToken
-    pair = issue_token_pair(
-        session=session, settings=settings, issuer=issuer, user=user, family_id=retired.family_id, now=now
+    pair, refresh_row = issue_token_pair(
+        settings=settings,
+        issuer=issuer,
+        user_id=user.id,
+        token_version=user.token_version,
+        family_id=retired.family_id,
+        now=now,
     )
+    session.execute(NEW_REFRESH_TOKEN, refresh_row)
     session.commit()
     return pair
 

@@ -8,9 +8,9 @@ import ipaddress
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, ScalarSelect, bindparam, delete, insert, select
 
+from shared.database import run_statement
 from shared.models import LoginFailure, as_utc
 from shared.settings import Settings
 
@@ -65,64 +65,92 @@ def _is_trusted(address: str, trusted_proxies: list[str]) -> bool:
     return False
 
 
-def begin_login_attempt(*, session: Session, settings: Settings, username_key: str, address: str, now: datetime) -> int:
-    """Records the attempt as a failure before the password is checked, commits, then counts.
+LOGIN_FAILURES = LoginFailure.__table__
+RECORD_ATTEMPT = (
+    insert(LOGIN_FAILURES)
+    .values(username=bindparam("username_key"), address=bindparam("address"), occurred_at=bindparam("now"))
+    .returning(LOGIN_FAILURES.c.id)
+)
+FORGET_ATTEMPT = delete(LOGIN_FAILURES).where(LOGIN_FAILURES.c.id == bindparam("attempt_id"))
+FORGET_FAILURES_OUTSIDE_WINDOW = delete(LOGIN_FAILURES).where(LOGIN_FAILURES.c.occurred_at <= bindparam("window_start"))
+CLEAR_FAILURES = delete(LOGIN_FAILURES).where(
+    LOGIN_FAILURES.c.username == bindparam("username_key"), LOGIN_FAILURES.c.address == bindparam("address")
+)
+
+
+def _blocking_failure(condition: ColumnElement[bool], offset_name: str) -> ScalarSelect:
+    """The time of the limit-th most recent other failure in the window matching `condition`, NULL while there are
+    fewer: the count drops below the limit when that one leaves the window. Bind `offset_name` to limit - 1."""
+    return (
+        select(LOGIN_FAILURES.c.occurred_at)
+        .where(
+            condition,
+            LOGIN_FAILURES.c.id != bindparam("attempt_id"),
+            LOGIN_FAILURES.c.occurred_at > bindparam("window_start"),
+        )
+        .order_by(LOGIN_FAILURES.c.occurred_at.desc())
+        .offset(bindparam(offset_name))
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# Both limits in one round trip.
+BLOCKING_FAILURES = select(
+    _blocking_failure(LOGIN_FAILURES.c.username == bindparam("username_key"), "username_offset").label("by_username"),
+    _blocking_failure(LOGIN_FAILURES.c.address == bindparam("address"), "address_offset").label("by_address"),
+)
+
+
+def begin_login_attempt(
+    *, connection: Connection, settings: Settings, username_key: str, address: str, now: datetime
+) -> int:
+    """Records the attempt as a failure before the password is checked (committed), then counts.
 
     Counting after a committed insert is what makes the limit hold under parallel guesses: of N attempts
     racing, the k-th to commit sees k-1 others, so no more than the limit get a password checked. Past
     either limit the attempt is forgotten again (throttled attempts do not extend the lockout) and
     LoginThrottled is raised. Returns the attempt's id; a successful login deletes it.
     """
-    attempt = LoginFailure(username=username_key, address=address, occurred_at=now)
-    session.add(attempt)
-    # Old rows are useless to every check; trimming them here keeps the table the size of one window.
     window = timedelta(seconds=settings.login_failure_window_seconds)
-    session.execute(delete(LoginFailure).where(LoginFailure.occurred_at <= now - window))
-    session.commit()
-    retry_after = _seconds_until_allowed(
-        session=session, settings=settings, username_key=username_key, address=address, now=now, attempt_id=attempt.id
+    throttle_keys = {"username_key": username_key, "address": address}
+    attempt_id = run_statement(connection, RECORD_ATTEMPT, {**throttle_keys, "now": now})[0].id
+    # Old rows are useless to every check; trimming them here keeps the table the size of one window.
+    run_statement(connection, FORGET_FAILURES_OUTSIDE_WINDOW, {"window_start": now - window})
+    blocking = run_statement(
+        connection,
+        BLOCKING_FAILURES,
+        {
+            **throttle_keys,
+            "attempt_id": attempt_id,
+            "window_start": now - window,
+            "username_offset": settings.login_max_failures_per_username - 1,
+            "address_offset": settings.login_max_failures_per_address - 1,
+        },
+    )[0]
+    retry_after = max(
+        (_seconds_until_outside(occurred_at, window=window, now=now) for occurred_at in blocking if occurred_at),
+        default=0,
     )
     if retry_after:
-        forget_login_attempt(session=session, attempt_id=attempt.id)
+        forget_login_attempt(connection=connection, attempt_id=attempt_id)
         raise LoginThrottled(retry_after)
-    return attempt.id
+    return attempt_id
 
 
-def forget_login_attempt(*, session: Session, attempt_id: int) -> None:
-    """Deletes and commits an attempt whose password was never checked, so that it counts as no failure."""
-    session.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
-    session.commit()
+def _seconds_until_outside(occurred_at: datetime, *, window: timedelta, now: datetime) -> int:
+    return max(math.ceil((as_utc(occurred_at) + window - now).total_seconds()), 1)
 
 
-def _seconds_until_allowed(
-    *, session: Session, settings: Settings, username_key: str, address: str, now: datetime, attempt_id: int
-) -> int:
-    """0 when both counts of other failures in the window are below their limits, else the wait in seconds."""
-    window = timedelta(seconds=settings.login_failure_window_seconds)
-    limits = (
-        (LoginFailure.username == username_key, settings.login_max_failures_per_username),
-        (LoginFailure.address == address, settings.login_max_failures_per_address),
-    )
-    retry_after = 0
-    for condition, limit in limits:
-        # The limit-th most recent other failure: the count drops below the limit when it leaves the window.
-        blocking = session.scalar(
-            select(LoginFailure.occurred_at)
-            .where(and_(condition, LoginFailure.id != attempt_id, LoginFailure.occurred_at > now - window))
-            .order_by(LoginFailure.occurred_at.desc())
-            .offset(limit - 1)
-            .limit(1)
-        )
-        if blocking is not None:
-            remaining = (as_utc(blocking) + window - now).total_seconds()
-            retry_after = max(retry_after, math.ceil(remaining), 1)
-    return retry_after
+def forget_login_attempt(*, connection: Connection, attempt_id: int) -> None:
+    """Deletes an attempt whose password was never checked, so that it counts as no failure."""
+    run_statement(connection, FORGET_ATTEMPT, {"attempt_id": attempt_id})
 
 
-def clear_login_failures(*, session: Session, username_key: str, address: str) -> None:
+def clear_login_failures(*, connection: Connection, username_key: str, address: str) -> None:
     """After a successful login: forget this username's failures from this address only (this attempt's too).
 
     Failures from other addresses still count, so a login by the owner does not give an attacker
     elsewhere a fresh set of guesses.
     """
-    session.execute(delete(LoginFailure).where(LoginFailure.username == username_key, LoginFailure.address == address))
+    run_statement(connection, CLEAR_FAILURES, {"username_key": username_key, "address": address})

@@ -1,14 +1,15 @@
 """The SQLAlchemy engine and sessions, built from Settings; nothing here knows a route."""
 
+import contextlib
 import functools
 import logging
 from collections import namedtuple
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Connection, Engine, Select, create_engine, event, text
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, text
 from sqlalchemy.engine import Compiled, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,9 +47,9 @@ def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
 def _rest_connections_in_autocommit(engine: Engine) -> None:
     """Pooled psycopg2 connections wait in autocommit; an SQLAlchemy transaction turns it off while it lasts.
 
-    A lone SELECT (`fetch_rows`) then goes without a BEGIN before it and a ROLLBACK after it: with the pre-ping,
-    2 round trips instead of 4, which counts double over the network to Neon. Nor does a read switch the flag
-    at all (the pre-ping switches it on and off around its SELECT 1 on a connection outside autocommit).
+    A statement on its own (`run_statement`) then goes without a BEGIN before it and a COMMIT or ROLLBACK after
+    it: a read with the pre-ping is 2 round trips instead of 4, which counts double over the network to Neon. Nor
+    does it switch the flag at all (the pre-ping switches it on and off around its SELECT 1 outside autocommit).
     SQLAlchemy's AUTOCOMMIT isolation level would add a SET on the way in and on the way out.
     """
 
@@ -118,60 +119,79 @@ async def run_in_session(request: Request, work: Callable[..., Result], /, **arg
     return await _run_in_thread(request.app.state.session_factory, "session", work, arguments)
 
 
-async def run_read_only(request: Request, work: Callable[..., Result], /, **arguments: Any) -> Result:
-    """`work(connection=..., **arguments)` like `run_in_session`, on a Core connection, for `fetch_rows`.
+async def run_on_connection(request: Request, work: Callable[..., Result], /, **arguments: Any) -> Result:
+    """`work(connection=..., **arguments)` like `run_in_session`, on a Core connection, for `run_statement`.
 
-    For reads only: on PostgreSQL each `fetch_rows` statement runs on its own, outside any transaction.
+    For work whose statements each stand alone: the read routes, and a login, whose throttle counts must
+    see its attempt committed and which holds no transaction open while its password is hashed.
     """
     return await _run_in_thread(request.app.state.engine.connect, "connection", work, arguments)
 
 
-class _DriverQuery(NamedTuple):
-    compiled: Compiled
-    # For drivers with positional parameters (SQLite's `?`): the bind names in order; psycopg2 takes the dict.
-    positional_names: tuple[str, ...] | None
-    row_type: type
+@functools.lru_cache(maxsize=256)
+def _compiled(statement: Executable, dialect: Dialect) -> Compiled:
+    compiled = statement.compile(dialect=dialect)
+    if compiled.post_compile_params or compiled.literal_execute_params:
+        raise ValueError("run_statement runs statements whose SQL is final once compiled, without expanding IN lists")
+    if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
+        raise ValueError("run_statement applies no Python-side column defaults: give every such column a value")
+    return compiled
 
 
 @functools.lru_cache(maxsize=256)
-def _driver_query(statement: Select, dialect: Dialect) -> _DriverQuery:
-    compiled = statement.compile(dialect=dialect)
-    if compiled.post_compile_params or compiled.literal_execute_params:
-        raise ValueError("fetch_rows runs statements whose SQL is final once compiled, without expanding IN lists")
-    positional = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-    row_type = namedtuple("Row", [column.key for column in statement.selected_columns])  # noqa: PYI024
-    return _DriverQuery(compiled, positional, row_type)
+def _row_type(column_names: tuple[str, ...]) -> type:
+    return namedtuple("Row", column_names)  # noqa: PYI024
 
 
-def fetch_rows(connection: Connection, statement: Select, parameters: Mapping[str, Any] | None = None) -> list[Any]:
-    """The rows of a Core select, as named tuples, run on the DBAPI cursor of `connection`; compiled once.
+def run_statement(connection: Connection, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list:
+    """Runs one Core statement as a transaction of its own and returns its rows (SELECT or RETURNING).
 
-    For the read routes: SQLAlchemy's result machinery (CursorResult, Row, result processors) cost a
-    primary-key read as much Python time as the round trip (measured: 38 us of 65 in a loop, ~70 us a
-    request in the service). The values are the driver's: psycopg2 gives datetime, bool, int and str;
-    SQLite (`make run`) gives its text timestamps and 0/1, which the response models parse the same way.
-    Driver errors become SQLAlchemy's, as `Connection.execute` raises them, and a lost connection is invalidated.
+    Never inside an SQLAlchemy transaction (ValueError): what the statement did is committed when it returns.
+    On psycopg2 (production's driver) it runs on the DBAPI cursor, compiled once, and its rows are named tuples
+    of the driver's values: SQLAlchemy's execution and result machinery cost a primary-key read as much Python
+    time as the round trip (measured: 38 us of 65 in a loop, ~70 us a request in the service), and a pooled
+    connection rests in autocommit, so there is no BEGIN or COMMIT to send either. Bind values go to the driver
+    as they are, so a write must give a value to every column with a Python-side default (ValueError). Other drivers
+    (SQLite, `make run`) go through `Connection.execute` and a commit, with SQLAlchemy's type processing.
+    Driver errors are SQLAlchemy's, as `Connection.execute` raises them, and a lost connection is invalidated.
     """
+    if connection.in_transaction():
+        raise ValueError("run_statement commits what it runs: not inside an SQLAlchemy transaction")
     dialect = connection.dialect
-    query = _driver_query(statement, dialect)
+    compiled = _compiled(statement, dialect)
+    if dialect.driver != "psycopg2":
+        with connection.begin():
+            result = connection.execute(statement, parameters or {})
+            return list(result) if result.returns_rows else []
     # Every bind with its value: the caller's, and those the statement holds itself (a literal LIMIT, say).
-    values = query.compiled.construct_params(parameters)
-    driver_parameters = tuple(values[name] for name in query.positional_names) if query.positional_names else values
+    values = compiled.construct_params(parameters)
     dbapi_connection = connection.connection
     try:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(query.compiled.string, driver_parameters)
-            return [query.row_type._make(row) for row in cursor.fetchall()]
+            cursor.execute(compiled.string, values)
+            # No description: a write without RETURNING.
+            if cursor.description is None:
+                rows = []
+            else:
+                row_type = _row_type(tuple(column.name for column in cursor.description))
+                rows = [row_type._make(row) for row in cursor.fetchall()]
         finally:
             cursor.close()
+        # Nothing to send at rest in autocommit; on a connection outside it, ends the driver's implicit transaction.
+        dbapi_connection.commit()
+        return rows
     except dialect.loaded_dbapi.Error as error:
         lost = dialect.is_disconnect(error, dbapi_connection.dbapi_connection, None)
         if lost:
             connection.invalidate()
+        else:
+            # Outside autocommit, the driver's implicit transaction is aborted: end it (nothing to do in autocommit).
+            with contextlib.suppress(dialect.loaded_dbapi.Error):
+                dbapi_connection.rollback()
         raise DBAPIError.instance(
-            query.compiled.string,
-            driver_parameters,
+            compiled.string,
+            values,
             error,
             dialect.loaded_dbapi.Error,
             connection_invalidated=lost,

@@ -1,6 +1,6 @@
 """HTTP routes of the users service: parse, call `service` in one worker thread, return.
 
-The routes are `async`: their only blocking work is one `run_read_only` (reads) or `run_in_session` (writes)
+The routes are `async`: their only blocking work is one `run_on_connection` (reads) or `run_in_session` (writes)
 call, whose connection is closed in its thread, so no request holds one while it waits for a thread.
 """
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from shared.database import run_in_session, run_read_only
+from shared.database import run_in_session, run_on_connection
 from shared.errors import documented_errors
 from shared.models import User
 from shared.tokens import MAX_DATABASE_ID
@@ -32,7 +32,7 @@ def user_response(user: User | tuple, *, status_code: int = status.HTTP_200_OK) 
 
 @router.get("/me", response_model=UserPublic, summary="The caller", responses=documented_errors(*AUTHENTICATED_ERRORS))
 async def read_me(request: Request, claims: Claims) -> Response:
-    return user_response(await run_read_only(request, service.read_caller, claims=claims))
+    return user_response(await run_on_connection(request, service.read_caller, claims=claims))
 
 
 @router.get(
@@ -42,7 +42,7 @@ async def read_me(request: Request, claims: Claims) -> Response:
     responses=documented_errors(*AUTHENTICATED_ERRORS, 403, 404),
 )
 async def read_user(request: Request, claims: Claims, user_id: UserId) -> Response:
-    return user_response(await run_read_only(request, service.read_user, claims=claims, user_id=user_id))
+    return user_response(await run_on_connection(request, service.read_user, claims=claims, user_id=user_id))
 
 
 @router.patch(
@@ -114,6 +114,8 @@ async def list_users(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_DATABASE_ID)] = 0,
 ) -> Response:
-    users, total = await run_read_only(request, service.list_users_for_admin, claims=claims, limit=limit, offset=offset)
+    users, total = await run_on_connection(
+        request, service.list_users_for_admin, claims=claims, limit=limit, offset=offset
+    )
     page = UserPage(items=[UserPublic.model_validate(user) for user in users], total=total, limit=limit, offset=offset)
     return Response(page.model_dump_json(), media_type=JSON)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from shared.database import fetch_rows
+from shared.database import run_statement
 from shared.errors import ApiError
 from shared.models import EMAIL_UNIQUE_INDEX, User
 from shared.passwords import PasswordHasher
@@ -58,25 +58,25 @@ def authorized_target(*, actor: UserRecord, target: UserRecord | None, user_id: 
     return target
 
 
-# Reads: rows of Core selects on a connection (`run_read_only`, `fetch_rows`), no ORM objects. Rights are read on
+# Reads: rows of Core selects on a connection (`run_on_connection`, `run_statement`), no ORM objects. Rights are read on
 # every request.
 
 
 def read_caller(*, connection: Connection, claims: AccessClaims) -> tuple:
-    found = fetch_rows(connection, USER_BY_ID, {"user_id": claims.user_id})
+    found = run_statement(connection, USER_BY_ID, {"user_id": claims.user_id})
     return checked_caller(found[0] if found else None, claims=claims)
 
 
 def read_user(*, connection: Connection, claims: AccessClaims, user_id: int) -> tuple:
     """One user, for itself or an admin; the caller's and the target's rows come in one round trip."""
-    found = fetch_rows(connection, CALLER_AND_USER_BY_ID, {"caller_id": claims.user_id, "user_id": user_id})
+    found = run_statement(connection, CALLER_AND_USER_BY_ID, {"caller_id": claims.user_id, "user_id": user_id})
     return _caller_and_target_of(found, claims=claims, user_id=user_id)[1]
 
 
 def list_users_for_admin(*, connection: Connection, claims: AccessClaims, limit: int, offset: int) -> tuple[list, int]:
     require_admin(read_caller(connection=connection, claims=claims))
-    total = fetch_rows(connection, USER_COUNT)[0].total
-    return fetch_rows(connection, USER_PAGE, {"limit": limit, "offset": offset}), total
+    total = run_statement(connection, USER_COUNT)[0].total
+    return run_statement(connection, USER_PAGE, {"limit": limit, "offset": offset}), total
 
 
 # Writes: ORM objects in a session (`run_in_session`), committed or rolled back as a whole.

@@ -1,5 +1,5 @@
-"""The read path (`run_read_only`, `fetch_rows`): reads outside transactions, everything else inside one,
-rows and errors as SQLAlchemy's own would be.
+"""Statements on their own (`run_on_connection`, `run_statement`): each its own transaction, committed when it
+returns; SQLAlchemy's statements on the same connection inside one; rows and errors as SQLAlchemy's own would be.
 
 A pool of one connection, so the read and the session after it are sure to share it.
 """
@@ -7,14 +7,16 @@ A pool of one connection, so the read and the session after it are sure to share
 import asyncio
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import Connection, create_engine, func, select, text
+from sqlalchemy import Connection, bindparam, create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from shared.database import fetch_rows, run_read_only
+from shared.database import run_on_connection, run_statement
 from shared.models import Base, User
 from shared.settings import Settings
 from shared.testing import terminate_backends
@@ -32,19 +34,36 @@ def one_connection_app(settings: Settings) -> Iterator[FastAPI]:
     app.state.engine.dispose()
 
 
+NEW_USER = USERS.insert().values(
+    {name: bindparam(name) for name in ("username", "password_hash", "is_active", "is_admin", "token_version")}
+    | {"created_at": bindparam("now"), "updated_at": bindparam("now")}
+)
+
+
+def new_user_values(username: str) -> dict[str, object]:
+    return {
+        "username": username,
+        "password_hash": "x",
+        "is_active": True,
+        "is_admin": False,
+        "token_version": 0,
+        "now": datetime.now(UTC),
+    }
+
+
 def backend_pid(*, connection: Connection) -> int:
-    return fetch_rows(connection, select(func.pg_backend_pid().label("pid")))[0].pid
+    return run_statement(connection, select(func.pg_backend_pid().label("pid")))[0].pid
 
 
 def read(app: FastAPI, work, **arguments):  # noqa: ANN001, ANN201
-    return asyncio.run(run_read_only(SimpleNamespace(app=app), work, **arguments))
+    return asyncio.run(run_on_connection(SimpleNamespace(app=app), work, **arguments))
 
 
 def fetched_transaction_start_times(*, connection: Connection) -> tuple[object, object]:
     # now() is the start of the current transaction: the same for two statements of one transaction.
-    first = fetch_rows(connection, select(func.now().label("now")))[0].now
-    fetch_rows(connection, select(func.pg_sleep(0.02).label("slept")))
-    return first, fetch_rows(connection, select(func.now().label("now")))[0].now
+    first = run_statement(connection, select(func.now().label("now")))[0].now
+    run_statement(connection, select(func.pg_sleep(0.02).label("slept")))
+    return first, run_statement(connection, select(func.now().label("now")))[0].now
 
 
 def executed_transaction_start_times(*, connection: Connection) -> tuple[object, object]:
@@ -80,7 +99,7 @@ def test_a_session_after_a_read_still_gets_a_transaction(one_connection_app: Fas
     assert first != second
 
 
-def test_fetch_rows_gives_the_rows_sqlalchemy_gives(one_connection_app: FastAPI) -> None:
+def test_run_statement_gives_the_rows_sqlalchemy_gives(one_connection_app: FastAPI) -> None:
     with one_connection_app.state.session_factory() as session:
         users = [
             User(username=f"rows_{secrets.token_hex(4)}", full_name=name, password_hash="x", is_active=True)
@@ -92,7 +111,7 @@ def test_fetch_rows_gives_the_rows_sqlalchemy_gives(one_connection_app: FastAPI)
 
     def both(*, connection: Connection) -> tuple[list, list]:
         return (
-            fetch_rows(connection, CALLER_AND_USER_BY_ID, parameters),
+            run_statement(connection, CALLER_AND_USER_BY_ID, parameters),
             list(connection.execute(CALLER_AND_USER_BY_ID, parameters)),
         )
 
@@ -101,16 +120,15 @@ def test_fetch_rows_gives_the_rows_sqlalchemy_gives(one_connection_app: FastAPI)
     assert [row._asdict() for row in fetched] == [row._asdict() for row in executed]
 
 
-def test_fetch_rows_on_sqlite_answers_as_sqlalchemy_does() -> None:
-    """`make run`'s SQLite gives text timestamps and 0/1 booleans: the response is the same all the same."""
-    engine = create_engine("sqlite://")
+def test_on_sqlite_run_statement_answers_as_sqlalchemy_does_and_commits(tmp_path: Path) -> None:
+    """`make run`'s SQLite goes through `Connection.execute`: the same response, and a write committed at once."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'local.db'}")
     Base.metadata.create_all(engine)
-    with engine.connect() as connection:
-        connection.execute(
-            USERS.insert(),
-            {"username": "ada", "email": "ada@example.com", "password_hash": "x", "is_active": True},
-        )
-        fetched = fetch_rows(connection, USER_BY_ID, {"user_id": 1})
+    with engine.connect() as connection, engine.connect() as elsewhere:
+        run_statement(connection, NEW_USER, new_user_values("ada"))
+        assert not connection.in_transaction()
+        assert elsewhere.scalar(select(func.count()).select_from(USERS)) == 1
+        fetched = run_statement(connection, USER_BY_ID, {"user_id": 1})
         executed = connection.execute(USER_BY_ID, {"user_id": 1}).one()
     engine.dispose()
     assert len(fetched) == 1
@@ -119,22 +137,55 @@ def test_fetch_rows_on_sqlite_answers_as_sqlalchemy_does() -> None:
     assert public.is_active is True and public.is_admin is False
 
 
+def test_a_write_is_committed_when_run_statement_returns(one_connection_app: FastAPI, settings: Settings) -> None:
+    username = f"alone_{secrets.token_hex(4)}"
+    elsewhere = create_engine(settings.database_url)
+
+    def write_then_look_from_another_connection(*, connection: Connection) -> tuple[int, int]:
+        user_id = run_statement(connection, NEW_USER.returning(USERS.c.id), new_user_values(username))[0].id
+        # Still checked out: the pool's rollback on return has not happened yet, so only a commit shows the row.
+        with elsewhere.connect() as other:
+            seen = other.scalar(select(func.count()).select_from(USERS).where(USERS.c.username == username))
+        return user_id, seen
+
+    try:
+        user_id, seen = read(one_connection_app, write_then_look_from_another_connection)
+    finally:
+        elsewhere.dispose()
+    assert user_id > 0 and seen == 1
+
+
+def test_run_statement_refuses_to_run_inside_a_sqlalchemy_transaction(one_connection_app: FastAPI) -> None:
+    def inside_a_transaction(*, connection: Connection) -> None:
+        with connection.begin():
+            run_statement(connection, USER_BY_ID, {"user_id": 1})
+
+    with pytest.raises(ValueError, match="transaction"):
+        read(one_connection_app, inside_a_transaction)
+
+
+def test_run_statement_refuses_a_write_that_leaves_python_side_defaults_out(one_connection_app: FastAPI) -> None:
+    partial = USERS.insert().values(username=bindparam("username"), password_hash=bindparam("password_hash"))
+    with pytest.raises(ValueError, match="default"):
+        read(one_connection_app, lambda *, connection: run_statement(connection, partial, {"username": "x"}))
+
+
 def test_a_connection_lost_during_a_read_is_a_sqlalchemy_error_and_is_replaced(one_connection_app: FastAPI) -> None:
     def read_after_the_backend_is_killed(*, connection: Connection) -> None:
         terminate_backends(backend_pid(connection=connection))
-        fetch_rows(connection, USER_BY_ID, {"user_id": 1})
+        run_statement(connection, USER_BY_ID, {"user_id": 1})
 
     with pytest.raises(OperationalError) as lost:
         read(one_connection_app, read_after_the_backend_is_killed)
     # Wrapped like Connection.execute's errors, so the 503 handler answers; the pool's only connection is new.
     assert lost.value.connection_invalidated
-    assert read(one_connection_app, lambda *, connection: fetch_rows(connection, USER_ROWS.limit(1)))
+    assert read(one_connection_app, lambda *, connection: run_statement(connection, USER_ROWS.limit(1)))
 
 
-def test_fetch_rows_refuses_statements_rendered_anew_for_each_execution(one_connection_app: FastAPI) -> None:
+def test_run_statement_refuses_statements_rendered_anew_for_each_execution(one_connection_app: FastAPI) -> None:
     expanding = select(USERS.c.id).where(USERS.c.id.in_([1, 2]))
     with pytest.raises(ValueError, match="expanding"):
-        read(one_connection_app, lambda *, connection: fetch_rows(connection, expanding))
+        read(one_connection_app, lambda *, connection: run_statement(connection, expanding))
 
 
 @pytest.mark.parametrize("pre_ping", [True, False])
