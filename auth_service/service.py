@@ -55,20 +55,38 @@ def hash_refresh_token(token: str) -> str:
 
 
 REFRESH_TOKENS = RefreshToken.__table__
-NEW_REFRESH_TOKEN = insert(REFRESH_TOKENS).values(
-    token_hash=bindparam("token_hash"),
-    family_id=bindparam("family_id"),
-    user_id=bindparam("user_id"),
-    issued_at=bindparam("issued_at"),
-    expires_at=bindparam("expires_at"),
-)
 USERS = User.__table__
+# The refresh token is stored only while the user is still active and at the token version its access token
+# carries. FOR SHARE on the user's row orders it against a concurrent password change or deactivation, which
+# locks that row before it revokes the user's refresh tokens (shared.revocation): either this insert waits for
+# that change and then finds the version moved (no row), or the change waits for it and revokes its token.
+NEW_REFRESH_TOKEN = (
+    insert(REFRESH_TOKENS)
+    .from_select(
+        ["token_hash", "family_id", "user_id", "issued_at", "expires_at"],
+        select(
+            bindparam("token_hash", type_=REFRESH_TOKENS.c.token_hash.type),
+            bindparam("family_id", type_=REFRESH_TOKENS.c.family_id.type),
+            USERS.c.id,
+            bindparam("issued_at", type_=REFRESH_TOKENS.c.issued_at.type),
+            bindparam("expires_at", type_=REFRESH_TOKENS.c.expires_at.type),
+        )
+        .where(
+            USERS.c.id == bindparam("user_id"),
+            USERS.c.token_version == bindparam("token_version"),
+            USERS.c.is_active.is_(True),
+        )
+        .with_for_update(read=True),
+    )
+    .returning(REFRESH_TOKENS.c.id)
+)
 USER_FOR_LOGIN = select(USERS.c.id, USERS.c.password_hash, USERS.c.is_active, USERS.c.token_version).where(
     USERS.c.username == bindparam("username")
 )
+# Only over the hash that was verified: a password changed meanwhile is not overwritten with the old one.
 NEW_PASSWORD_HASH = (
     update(USERS)
-    .where(USERS.c.id == bindparam("user_id"))
+    .where(USERS.c.id == bindparam("user_id"), USERS.c.password_hash == bindparam("verified_hash"))
     .values(password_hash=bindparam("new_hash"), updated_at=bindparam("now"))
 )
 
@@ -82,14 +100,15 @@ def issue_token_pair(
     family_id: str,
     now: datetime,
 ) -> tuple[TokenPair, dict[str, object]]:
-    """A new access token and a new refresh token in `family_id`, and the refresh token's row (`NEW_REFRESH_TOKEN`
-    parameters) for the caller to insert."""
+    """A new access token and a new refresh token in `family_id`, and the parameters of `NEW_REFRESH_TOKEN` that
+    store the refresh token, for the caller to run: no row means the user changed meanwhile (no tokens then)."""
     access = issuer.issue(user_id=user_id, token_version=token_version, now=now.timestamp())
     refresh_token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
     row = {
         "token_hash": hash_refresh_token(refresh_token),
         "family_id": family_id,
         "user_id": user_id,
+        "token_version": token_version,
         "issued_at": now,
         "expires_at": now + timedelta(seconds=settings.refresh_token_ttl_seconds),
     }
@@ -114,8 +133,9 @@ def login_with_password(
 
     Every statement commits on its own (`run_statement`): no transaction, and behind Neon's pooler no server
     connection, is held while the password waits for and runs its hash. None needs another's atomicity: the
-    attempt is committed before the counts that must see it, and a crash between clearing the failures and
-    storing the refresh token loses only a token the client never received.
+    attempt is committed before the counts that must see it, the refresh token is stored only if the user has
+    not changed since it was read (`NEW_REFRESH_TOKEN`), and a crash before the failures are cleared leaves one
+    more failure counted.
     """
     username_key = throttle_key_for_username(username)
     attempt_id = begin_login_attempt(
@@ -140,8 +160,11 @@ def login_with_password(
         # The attempt is already recorded as a failure.
         raise InvalidCredentials
     if new_hash is not None:
-        run_statement(connection, NEW_PASSWORD_HASH, {"user_id": user.id, "new_hash": new_hash, "now": now})
-    clear_login_failures(connection=connection, username_key=username_key, address=address)
+        run_statement(
+            connection,
+            NEW_PASSWORD_HASH,
+            {"user_id": user.id, "verified_hash": user.password_hash, "new_hash": new_hash, "now": now},
+        )
     pair, refresh_row = issue_token_pair(
         settings=settings,
         issuer=issuer,
@@ -150,7 +173,10 @@ def login_with_password(
         family_id=str(uuid.uuid4()),
         now=now,
     )
-    run_statement(connection, NEW_REFRESH_TOKEN, refresh_row)
+    if not run_statement(connection, NEW_REFRESH_TOKEN, refresh_row):
+        # The password was changed (or the user deactivated) while this one was being checked.
+        raise InvalidCredentials
+    clear_login_failures(connection=connection, username_key=username_key, address=address)
     return pair
 
 
@@ -159,6 +185,13 @@ def refresh_token_pair(
 ) -> TokenPair:
     """Exchanges a live refresh token for a new pair; a second use of a retired token revokes its family."""
     token_hash = hash_refresh_token(refresh_token)
+    # The user's row first (shared), as every writer of refresh tokens takes it before their rows: a password
+    # change or deactivation (shared.revocation) then either waits for this refresh or is seen by it.
+    session.execute(
+        select(User.id)
+        .where(User.id == select(RefreshToken.user_id).where(RefreshToken.token_hash == token_hash).scalar_subquery())
+        .with_for_update(read=True)
+    )
     # Requests presenting the same token queue on its row lock, so the losers' family revocations
     # cannot interleave (and deadlock) with each other. SQLite has no row locks; it writes one at a time.
     session.execute(select(RefreshToken.id).where(RefreshToken.token_hash == token_hash).with_for_update())
@@ -202,7 +235,9 @@ def refresh_token_pair(
         family_id=retired.family_id,
         now=now,
     )
-    session.execute(NEW_REFRESH_TOKEN, refresh_row)
+    if session.execute(NEW_REFRESH_TOKEN, refresh_row).first() is None:
+        # The password was changed (or the user deactivated) since `user` was read; nothing is committed.
+        raise InvalidRefreshToken
     session.commit()
     return pair
 

@@ -114,9 +114,10 @@ def begin_login_attempt(
     """
     window = timedelta(seconds=settings.login_failure_window_seconds)
     throttle_keys = {"username_key": username_key, "address": address}
-    attempt_id = run_statement(connection, RECORD_ATTEMPT, {**throttle_keys, "now": now})[0].id
-    # Old rows are useless to every check; trimming them here keeps the table the size of one window.
+    # Old rows are useless to every check; trimming them here keeps the table the size of one window. First, so
+    # that a trim that fails (a 503) leaves no attempt recorded whose password was never checked.
     run_statement(connection, FORGET_FAILURES_OUTSIDE_WINDOW, {"window_start": now - window})
+    attempt_id = run_statement(connection, RECORD_ATTEMPT, {**throttle_keys, "now": now})[0].id
     blocking = run_statement(
         connection,
         BLOCKING_FAILURES,

@@ -135,12 +135,16 @@ def _compiled(statement: Executable, dialect: Dialect) -> Compiled:
         raise ValueError("run_statement runs statements whose SQL is final once compiled, without expanding IN lists")
     if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
         raise ValueError("run_statement applies no Python-side column defaults: give every such column a value")
+    if getattr(compiled, "implicit_returning", None):
+        # SQLAlchemy adds a RETURNING of the primary key to an INSERT for itself; rows only where asked for.
+        raise ValueError("run_statement runs an INSERT with .returning(...) or .inline(), not implicit RETURNING")
     return compiled
 
 
 @functools.lru_cache(maxsize=256)
 def _row_type(column_names: tuple[str, ...]) -> type:
-    return namedtuple("Row", column_names)  # noqa: PYI024
+    # rename: a column PostgreSQL names `?column?` becomes `_0` rather than an error after the statement ran.
+    return namedtuple("Row", column_names, rename=True)  # noqa: PYI024
 
 
 def run_statement(connection: Connection, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list:
@@ -151,14 +155,18 @@ def run_statement(connection: Connection, statement: Executable, parameters: Map
     of the driver's values: SQLAlchemy's execution and result machinery cost a primary-key read as much Python
     time as the round trip (measured: 38 us of 65 in a loop, ~70 us a request in the service), and a pooled
     connection rests in autocommit, so there is no BEGIN or COMMIT to send either. Bind values go to the driver
-    as they are, so a write must give a value to every column with a Python-side default (ValueError). Other drivers
-    (SQLite, `make run`) go through `Connection.execute` and a commit, with SQLAlchemy's type processing.
-    Driver errors are SQLAlchemy's, as `Connection.execute` raises them, and a lost connection is invalidated.
+    as they are, so a write must give a value to every column with a Python-side default, and every parameter
+    must be one of the statement's (ValueError, whatever the driver). Other drivers (SQLite, `make run`) go
+    through `Connection.execute` and a commit, with SQLAlchemy's type processing. Driver errors are raised as
+    `Connection.execute` raises them: a lost connection is invalidated, and the pool retires every connection
+    older than it.
     """
     if connection.in_transaction():
         raise ValueError("run_statement commits what it runs: not inside an SQLAlchemy transaction")
     dialect = connection.dialect
     compiled = _compiled(statement, dialect)
+    if parameters and not parameters.keys() <= compiled.binds.keys():
+        raise ValueError(f"not parameters of the statement: {sorted(parameters.keys() - compiled.binds.keys())}")
     if dialect.driver != "psycopg2":
         with connection.begin():
             result = connection.execute(statement, parameters or {})
@@ -170,7 +178,7 @@ def run_statement(connection: Connection, statement: Executable, parameters: Map
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(compiled.string, values)
-            # No description: a write without RETURNING.
+            # No description: a write without RETURNING (SQLAlchemy's implicit one is refused in _compiled).
             if cursor.description is None:
                 rows = []
             else:
@@ -184,6 +192,9 @@ def run_statement(connection: Connection, statement: Executable, parameters: Map
     except dialect.loaded_dbapi.Error as error:
         lost = dialect.is_disconnect(error, dbapi_connection.dbapi_connection, None)
         if lost:
+            # What Connection.execute does on a disconnect: a server that dropped one connection (a restart, a
+            # suspended Neon compute) dropped the others from before it too, so the pool replaces them all.
+            connection.engine.pool._invalidate(dbapi_connection, error)  # noqa: SLF001
             connection.invalidate()
         else:
             # Outside autocommit, the driver's implicit transaction is aborted: end it (nothing to do in autocommit).

@@ -1,11 +1,9 @@
 """Password hashes in flight are bounded per worker; the rest queue, and a login that waits too long gets 503."""
 
-import secrets
 import threading
 import time
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from auth_service.tests.conftest import login
 from shared.passwords import PasswordHasher, PasswordHashingBusy
@@ -98,36 +96,3 @@ def test_a_login_refused_for_a_full_hash_queue_is_503_and_counts_as_no_failure(m
         assert int(response.headers["Retry-After"]) >= 1
     # No password was checked, so none of them was a failed guess: the user is not locked out.
     assert login(client, user.username, user.password).status_code == 200
-
-
-def test_a_login_holds_no_transaction_open_while_its_password_is_hashed(make_client, make_user, database_url) -> None:
-    """Behind Neon's pooler in transaction mode, an open transaction pins a server connection for the hash's time."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("a PostgreSQL matter")
-    application_name = f"login_{secrets.token_hex(4)}"
-    separator = "&" if "?" in database_url else "?"
-    client = make_client(url=f"{database_url}{separator}application_name={application_name}")
-    user = make_user()
-    hasher: PasswordHasher = client.app.state.hasher
-    argon2 = hasher._context  # noqa: SLF001
-    observer = create_engine(database_url)
-    states_during_hash: list[str] = []
-
-    class StateRecordingContext:
-        def verify_and_update(self, password: str, password_hash: str) -> tuple[bool, str | None]:
-            with observer.connect() as connection:
-                states_during_hash.extend(
-                    connection.scalars(
-                        text("SELECT state FROM pg_stat_activity WHERE application_name = :name"),
-                        {"name": application_name},
-                    )
-                )
-            return argon2.verify_and_update(password, password_hash)
-
-    hasher._context = StateRecordingContext()  # noqa: SLF001
-    try:
-        assert login(client, user.username, user.password).status_code == 200
-    finally:
-        observer.dispose()
-    # The login's connection was seen, and it was idle: not "idle in transaction".
-    assert states_during_hash == ["idle"]

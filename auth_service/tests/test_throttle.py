@@ -3,12 +3,14 @@
 import secrets
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from auth_service.tests.conftest import login, unique_address
 from auth_service.throttle import client_address
+from shared.models import LoginFailure
 
 WINDOW_SECONDS = 60
 LIMITS = {
@@ -206,3 +208,19 @@ def test_client_address_rules(peer, forwarded_for, expected):
     trusted = [*TRUSTED, "testclient"]
 
     assert client_address(socket_address=peer, forwarded_for=forwarded_for, trusted_proxies=trusted) == expected
+
+
+def test_retry_after_is_when_the_limit_th_most_recent_failure_leaves_the_window(make_client):
+    client = make_client(**LIMITS)
+    username = ghost_username()
+    now = datetime.now(UTC)
+    with client.app.state.session_factory() as session:
+        session.add_all(
+            LoginFailure(username=username, address=unique_address(), occurred_at=now - timedelta(seconds=age))
+            for age in (10, 20, 30, 40)
+        )
+        session.commit()
+    response = login(client, username, WRONG)
+    assert_throttled(response)
+    # The limit is 3: the third most recent failure (30 s old) leaves the 60 s window in 30 s.
+    assert 28 <= int(response.headers["retry-after"]) <= 30

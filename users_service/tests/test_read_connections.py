@@ -21,7 +21,6 @@ from shared.models import Base, User
 from shared.settings import Settings
 from shared.testing import terminate_backends
 from users_service.app import create_app
-from users_service.schemas import UserPublic
 from users_service.service import CALLER_AND_USER_BY_ID, USER_BY_ID, USER_ROWS, USERS
 
 
@@ -34,10 +33,12 @@ def one_connection_app(settings: Settings) -> Iterator[FastAPI]:
     app.state.engine.dispose()
 
 
-NEW_USER = USERS.insert().values(
+# Every column with a Python-side default given a value; SQLAlchemy would add a RETURNING of the id by itself.
+NEW_USER_ROW = USERS.insert().values(
     {name: bindparam(name) for name in ("username", "password_hash", "is_active", "is_admin", "token_version")}
     | {"created_at": bindparam("now"), "updated_at": bindparam("now")}
 )
+NEW_USER = NEW_USER_ROW.returning(USERS.c.id)
 
 
 def new_user_values(username: str) -> dict[str, object]:
@@ -120,39 +121,53 @@ def test_run_statement_gives_the_rows_sqlalchemy_gives(one_connection_app: FastA
     assert [row._asdict() for row in fetched] == [row._asdict() for row in executed]
 
 
-def test_on_sqlite_run_statement_answers_as_sqlalchemy_does_and_commits(tmp_path: Path) -> None:
-    """`make run`'s SQLite goes through `Connection.execute`: the same response, and a write committed at once."""
+def test_on_sqlite_run_statement_commits_what_it_runs(tmp_path: Path) -> None:
+    """`make run`'s SQLite goes through `Connection.execute`: a write is committed when run_statement returns."""
     engine = create_engine(f"sqlite:///{tmp_path / 'local.db'}")
     Base.metadata.create_all(engine)
     with engine.connect() as connection, engine.connect() as elsewhere:
-        run_statement(connection, NEW_USER, new_user_values("ada"))
+        user_id = run_statement(connection, NEW_USER, new_user_values("ada"))[0].id
         assert not connection.in_transaction()
         assert elsewhere.scalar(select(func.count()).select_from(USERS)) == 1
-        fetched = run_statement(connection, USER_BY_ID, {"user_id": 1})
-        executed = connection.execute(USER_BY_ID, {"user_id": 1}).one()
+        fetched = run_statement(connection, USER_BY_ID, {"user_id": user_id})
     engine.dispose()
-    assert len(fetched) == 1
-    public = UserPublic.model_validate(fetched[0])
-    assert public.model_dump_json() == UserPublic.model_validate(executed).model_dump_json()
-    assert public.is_active is True and public.is_admin is False
+    assert [(row.username, row.is_active) for row in fetched] == [("ada", True)]
+
+
+def look_from_another_connection(settings: Settings, username: str) -> int:
+    elsewhere = create_engine(settings.database_url)
+    try:
+        with elsewhere.connect() as other:
+            return other.scalar(select(func.count()).select_from(USERS).where(USERS.c.username == username))
+    finally:
+        elsewhere.dispose()
 
 
 def test_a_write_is_committed_when_run_statement_returns(one_connection_app: FastAPI, settings: Settings) -> None:
     username = f"alone_{secrets.token_hex(4)}"
-    elsewhere = create_engine(settings.database_url)
 
-    def write_then_look_from_another_connection(*, connection: Connection) -> tuple[int, int]:
-        user_id = run_statement(connection, NEW_USER.returning(USERS.c.id), new_user_values(username))[0].id
-        # Still checked out: the pool's rollback on return has not happened yet, so only a commit shows the row.
-        with elsewhere.connect() as other:
-            seen = other.scalar(select(func.count()).select_from(USERS).where(USERS.c.username == username))
-        return user_id, seen
+    def write_then_look(*, connection: Connection) -> tuple[int, int]:
+        user_id = run_statement(connection, NEW_USER, new_user_values(username))[0].id
+        # Still checked out: the pool's rollback on return has not happened yet.
+        return user_id, look_from_another_connection(settings, username)
 
-    try:
-        user_id, seen = read(one_connection_app, write_then_look_from_another_connection)
-    finally:
-        elsewhere.dispose()
+    user_id, seen = read(one_connection_app, write_then_look)
     assert user_id > 0 and seen == 1
+
+
+def test_a_write_after_a_sqlalchemy_transaction_on_the_same_connection_is_committed_too(
+    one_connection_app: FastAPI, settings: Settings
+) -> None:
+    """After a transaction the connection is out of autocommit until it goes back to the pool: the commit counts."""
+    username = f"after_{secrets.token_hex(4)}"
+
+    def transaction_then_write_then_look(*, connection: Connection) -> int:
+        with connection.begin():
+            connection.execute(text("SELECT 1"))
+        run_statement(connection, NEW_USER, new_user_values(username))
+        return look_from_another_connection(settings, username)
+
+    assert read(one_connection_app, transaction_then_write_then_look) == 1
 
 
 def test_run_statement_refuses_to_run_inside_a_sqlalchemy_transaction(one_connection_app: FastAPI) -> None:
@@ -164,10 +179,20 @@ def test_run_statement_refuses_to_run_inside_a_sqlalchemy_transaction(one_connec
         read(one_connection_app, inside_a_transaction)
 
 
-def test_run_statement_refuses_a_write_that_leaves_python_side_defaults_out(one_connection_app: FastAPI) -> None:
-    partial = USERS.insert().values(username=bindparam("username"), password_hash=bindparam("password_hash"))
-    with pytest.raises(ValueError, match="default"):
-        read(one_connection_app, lambda *, connection: run_statement(connection, partial, {"username": "x"}))
+@pytest.mark.parametrize(
+    ("statement", "parameters", "refusal"),
+    [
+        (USERS.insert().values(username=bindparam("username")).returning(USERS.c.id), {"username": "x"}, "default"),
+        (NEW_USER_ROW, new_user_values("x"), "implicit RETURNING"),
+        (USER_BY_ID, {"user_id": 1, "email": "a@example.org"}, "not parameters of the statement"),
+    ],
+    ids=["python-side-defaults-left-out", "implicit-returning", "unknown-parameter"],
+)
+def test_run_statement_refuses_what_the_driver_would_get_wrong(
+    one_connection_app: FastAPI, statement, parameters: dict, refusal: str
+) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=refusal):
+        read(one_connection_app, lambda *, connection: run_statement(connection, statement, parameters))
 
 
 def test_a_connection_lost_during_a_read_is_a_sqlalchemy_error_and_is_replaced(one_connection_app: FastAPI) -> None:
@@ -180,6 +205,25 @@ def test_a_connection_lost_during_a_read_is_a_sqlalchemy_error_and_is_replaced(o
     # Wrapped like Connection.execute's errors, so the 503 handler answers; the pool's only connection is new.
     assert lost.value.connection_invalidated
     assert read(one_connection_app, lambda *, connection: run_statement(connection, USER_ROWS.limit(1)))
+
+
+def test_a_lost_connection_retires_the_older_pooled_connections_too(settings: Settings) -> None:
+    """As `Connection.execute` does: after a server dropped its connections, one failure, not one per connection."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL matter")
+    # Without the pre-ping, which would find each dead connection before use.
+    app = create_app(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0, "db_pool_pre_ping": False}))
+    engine = app.state.engine
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            pids = [backend_pid(connection=first), backend_pid(connection=second)]
+        terminate_backends(*pids)
+        with pytest.raises(OperationalError):
+            read(app, backend_pid)
+        # The other dead connection is still in the pool, older than the failure: replaced on checkout.
+        assert read(app, backend_pid) not in pids
+    finally:
+        engine.dispose()
 
 
 def test_run_statement_refuses_statements_rendered_anew_for_each_execution(one_connection_app: FastAPI) -> None:
