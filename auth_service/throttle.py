@@ -113,10 +113,11 @@ def begin_login_attempt(
     LoginThrottled is raised. Returns the attempt's id; a successful login deletes it.
     """
     window = timedelta(seconds=settings.login_failure_window_seconds)
+    window_start = now - window
     throttle_keys = {"username_key": username_key, "address": address}
     # Old rows are useless to every check; trimming them here keeps the table the size of one window. First, so
     # that a trim that fails (a 503) leaves no attempt recorded whose password was never checked.
-    run_statement(connection, FORGET_FAILURES_OUTSIDE_WINDOW, {"window_start": now - window})
+    run_statement(connection, FORGET_FAILURES_OUTSIDE_WINDOW, {"window_start": window_start})
     attempt_id = run_statement(connection, RECORD_ATTEMPT, {**throttle_keys, "now": now})[0].id
     blocking = run_statement(
         connection,
@@ -124,7 +125,7 @@ def begin_login_attempt(
         {
             **throttle_keys,
             "attempt_id": attempt_id,
-            "window_start": now - window,
+            "window_start": window_start,
             "username_offset": settings.login_max_failures_per_username - 1,
             "address_offset": settings.login_max_failures_per_address - 1,
         },

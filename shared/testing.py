@@ -41,11 +41,14 @@ def postgres_answers(url: str) -> bool:
 
 
 def terminate_backends(*pids: int) -> None:
-    """Ends these PostgreSQL backends from outside, as a failover or a suspended Neon compute would."""
+    """Ends these PostgreSQL backends from outside, as a failover or a suspended Neon compute would.
+
+    Returns once they are gone (waiting up to 5 s each, PostgreSQL 14+), so the caller's next step meets them dead.
+    """
     engine = create_engine(admin_database_url())
     with engine.connect() as connection:
         for pid in pids:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            connection.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
     engine.dispose()
 
 

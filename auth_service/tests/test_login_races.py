@@ -14,8 +14,10 @@ from auth_service.tests.test_password_grant import LEGACY_HASHES
 from shared.models import RefreshToken, User
 from shared.passwords import PasswordHasher
 from shared.revocation import revoke_refresh_tokens_of_user
+from shared.testing import terminate_backends
 
 BACKEND_STATES = text("SELECT state FROM pg_stat_activity WHERE application_name = :name")
+BACKEND_PIDS = text("SELECT pid FROM pg_stat_activity WHERE application_name = :name")
 
 
 def during_the_hash(client, action: Callable[[], None]) -> None:  # noqa: ANN001
@@ -122,14 +124,8 @@ def test_a_connection_lost_during_the_hash_is_503_and_the_next_login_works(
 
     def end_the_logins_backend() -> None:
         with observer.connect() as connection:
-            connection.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name"),
-                {"name": application_name},
-            )
-            # Gone before the login goes on.
-            for _ in range(100):
-                if not list(connection.scalars(BACKEND_STATES, {"name": application_name})):
-                    break
+            pids = connection.scalars(BACKEND_PIDS, {"name": application_name}).all()
+        terminate_backends(*pids)
 
     hasher: PasswordHasher = client.app.state.hasher
     argon2 = hasher._context  # noqa: SLF001
