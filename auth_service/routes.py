@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from auth_service import service
 from auth_service.schemas import JwksResponse, TokenResponse
 from auth_service.throttle import LoginThrottled, client_address
-from shared.database import run_in_session, run_on_connection
+from shared.database import run_on_connection
 from shared.errors import ApiError, documented_errors
 from shared.observability import LOGIN_ATTEMPTS, REFRESH_REUSE, set_request_user
 
@@ -58,7 +58,7 @@ async def issue_token(
         if refresh_token is None:
             raise _missing("refresh_token")
         try:
-            pair = await run_in_session(
+            pair = await run_on_connection(
                 request,
                 service.refresh_token_pair,
                 settings=settings,
@@ -112,7 +112,7 @@ async def issue_token(
     responses=documented_errors(413, 422, 503),
 )
 async def revoke(request: Request, token: Annotated[str, Form()], token_type_hint: FormField = None) -> JSONResponse:
-    await run_in_session(request, service.revoke_refresh_token, token=token, now=datetime.now(UTC))
+    await run_on_connection(request, service.revoke_refresh_token, token=token, now=datetime.now(UTC))
     return JSONResponse({}, headers=NO_STORE)
 
 

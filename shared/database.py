@@ -120,10 +120,11 @@ async def run_in_session(request: Request, work: Callable[..., Result], /, **arg
 
 
 async def run_on_connection(request: Request, work: Callable[..., Result], /, **arguments: Any) -> Result:
-    """`work(connection=..., **arguments)` like `run_in_session`, on a Core connection, for `run_statement`.
+    """`work(connection=..., **arguments)` like `run_in_session`, on a Core connection.
 
-    For work whose statements each stand alone: the read routes, and a login, whose throttle counts must
-    see its attempt committed and which holds no transaction open while its password is hashed.
+    For work whose statements each stand alone (`run_statement`): the read routes, and a login, whose throttle
+    counts must see its attempt committed and which holds no transaction open while its password is hashed.
+    And for Core statements built once and run in `connection.begin()`: the refresh grant, the revocation.
     """
     return await _run_in_thread(request.app.state.engine.connect, "connection", work, arguments)
 
