@@ -183,15 +183,19 @@ def login_with_password(
 # more Python time than everything else it does (py-spy: SQLAlchemy 60 % of the worker's time, 6.8 ms a refresh).
 REFRESH_TOKEN_IS_PRESENTED = REFRESH_TOKENS.c.token_hash == bindparam("presented_hash")
 # The user's row first (shared), as every writer of refresh tokens takes it before their rows: a password change
-# or deactivation (shared.revocation) then either waits for this refresh or is seen by it. It stays locked until
-# the commit, so the user read here is the user the new tokens are issued for.
+# or deactivation (shared.revocation) then either waits for this refresh or is seen by it. On PostgreSQL it stays
+# locked until the commit, so the user read here is the user the new tokens are issued for. (SQLite, `make run`,
+# locks nothing and reads it outside the write transaction; the conditional insert of the new token still
+# refuses a user changed meanwhile.)
 USER_OF_PRESENTED_TOKEN = (
     select(USERS.c.id, USERS.c.is_active, USERS.c.token_version)
     .where(USERS.c.id == select(REFRESH_TOKENS.c.user_id).where(REFRESH_TOKEN_IS_PRESENTED).scalar_subquery())
     .with_for_update(read=True)
 )
 # Requests presenting the same token queue on its row lock, so the losers' family revocations cannot interleave
-# (and deadlock) with each other. SQLite has no row locks; it writes one at a time.
+# (and deadlock) with each other. Two different retired tokens of one family presented at the same moment can
+# still deadlock (each holds its own row, then locks the family): PostgreSQL ends one (503, Retry-After), the
+# other commits the revocation. SQLite has no row locks; it writes one at a time.
 LOCK_PRESENTED_TOKEN = select(REFRESH_TOKENS.c.id).where(REFRESH_TOKEN_IS_PRESENTED).with_for_update()
 # One conditional UPDATE decides: the token is live and no token of its family was revoked (revocation marks
 # every row of a family, so a row created while a revocation ran is caught here).
