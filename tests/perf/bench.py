@@ -559,7 +559,7 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
     ]
     quiet_after = wait_until_quiet(run)
     # The login ceiling's unit, timed again just before each login storm: the machine's speed drifts over
-    # minutes (one verify took 20 to 31 ms across runs), and a ceiling from the start of the run would not match.
+    # minutes (one verify took 15 to 41 ms across runs), and a ceiling from the start of the run would not match.
     verify_before = one_verify_seconds(run.settings, run.password_hash) if scenario.storm else None
     workers = worker_pids(process)
     with ExitStack() as stack:
