@@ -182,21 +182,19 @@ def login_with_password(
 # The refresh grant's statements, built once: built per request (and run through the ORM), they cost a refresh
 # more Python time than everything else it does (py-spy: SQLAlchemy 60 % of the worker's time, 6.8 ms a refresh).
 REFRESH_TOKEN_IS_PRESENTED = REFRESH_TOKENS.c.token_hash == bindparam("presented_hash")
-# The user's row first (shared), as every writer of refresh tokens takes it before their rows: a password change
-# or deactivation (shared.revocation) then either waits for this refresh or is seen by it. On PostgreSQL it stays
-# locked until the commit, so the user read here is the user the new tokens are issued for. (SQLite, `make run`,
-# locks nothing and reads it outside the write transaction; the conditional insert of the new token still
-# refuses a user changed meanwhile.)
+# The user's row first, as every writer of refresh tokens takes it before their rows: a password change or
+# deactivation (shared.revocation) then either waits for this refresh or is seen by it. Exclusive (FOR NO KEY
+# UPDATE, which leaves the foreign-key checks of other inserts alone): the refreshes of one user queue here,
+# so racers presenting one token, or old tokens of one family replayed at once, run one after the other; a
+# token row locked first, then the family's in id order, deadlocked in both races (tested). On PostgreSQL the
+# lock lasts until the commit, so the user read here is the user the new tokens are issued for. (SQLite, `make
+# run`, locks nothing and reads it outside the write transaction; the conditional insert of the new token
+# still refuses a user changed meanwhile.)
 USER_OF_PRESENTED_TOKEN = (
     select(USERS.c.id, USERS.c.is_active, USERS.c.token_version)
     .where(USERS.c.id == select(REFRESH_TOKENS.c.user_id).where(REFRESH_TOKEN_IS_PRESENTED).scalar_subquery())
-    .with_for_update(read=True)
+    .with_for_update(key_share=True)
 )
-# Requests presenting the same token queue on its row lock, so the losers' family revocations cannot interleave
-# (and deadlock) with each other. Two different retired tokens of one family presented at the same moment can
-# still deadlock (each holds its own row, then locks the family): PostgreSQL ends one (503, Retry-After), the
-# other commits the revocation. SQLite has no row locks; it writes one at a time.
-LOCK_PRESENTED_TOKEN = select(REFRESH_TOKENS.c.id).where(REFRESH_TOKEN_IS_PRESENTED).with_for_update()
 # One conditional UPDATE decides: the token is live and no token of its family was revoked (revocation marks
 # every row of a family, so a row created while a revocation ran is caught here).
 _REVOKED_SIBLING = REFRESH_TOKENS.alias("revoked_sibling")
@@ -218,7 +216,8 @@ FAMILY_OF_REUSED_TOKEN = select(REFRESH_TOKENS.c.family_id).where(
     REFRESH_TOKEN_IS_PRESENTED, REFRESH_TOKENS.c.used_at.is_not(None)
 )
 FAMILY_OF_PRESENTED_TOKEN = select(REFRESH_TOKENS.c.family_id).where(REFRESH_TOKEN_IS_PRESENTED)
-# Rows locked in id order, so two revocations of one family wait for each other instead of deadlocking.
+# Rows locked in id order, so two revocations of one family (POST /revoke takes no user row) wait for each other
+# instead of deadlocking.
 LOCK_FAMILY = (
     select(REFRESH_TOKENS.c.id)
     .where(REFRESH_TOKENS.c.family_id == bindparam("revoked_family_id"))
@@ -243,7 +242,6 @@ def refresh_token_pair(
     presented = {"presented_hash": hash_refresh_token(refresh_token)}
     with connection.begin():
         user = connection.execute(USER_OF_PRESENTED_TOKEN, presented).first()
-        connection.execute(LOCK_PRESENTED_TOKEN, presented)
         family_id = connection.scalar(RETIRE_PRESENTED_TOKEN, {**presented, "now": now})
         if family_id is None:
             reused_family_id = connection.scalar(FAMILY_OF_REUSED_TOKEN, presented)

@@ -11,9 +11,10 @@ from shared.models import RefreshToken, User
 def revoke_refresh_tokens_of_user(*, session: Session, user_id: int, now: datetime) -> None:
     """Marks every live refresh token of the user revoked; the caller commits, with the change that is the reason.
 
-    The user's row is locked first, as the auth service takes it (shared) before storing a refresh token: a
-    login or refresh at the same moment either stores its token before this and has it revoked here, or waits
-    for the commit and then finds the user changed (a new token version, or inactive) and stores none.
+    The user's row is locked first, as the auth service takes it before storing a refresh token (shared in a
+    login, exclusive in a refresh): a login or refresh at the same moment either stores its token before this
+    and has it revoked here, or waits for the commit and then finds the user changed (a new token version, or
+    inactive) and stores none.
     """
     session.execute(select(User.id).where(User.id == user_id).with_for_update())
     session.execute(

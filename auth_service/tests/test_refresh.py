@@ -6,7 +6,9 @@ import time
 
 import jwt
 import pytest
+from sqlalchemy import create_engine, text
 
+from auth_service.service import hash_refresh_token
 from auth_service.tests.conftest import assert_invalid_grant, login, refresh, set_user_active
 from shared.models import User
 from shared.tokens import AccessTokenVerifier, InvalidAccessToken, build_key_source
@@ -162,3 +164,51 @@ def test_refresh_token_is_opaque_and_not_an_access_token(client, settings, make_
         jwt.decode(token, settings.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
     with pytest.raises(InvalidAccessToken):
         verifier.verify(token)
+
+
+def backends_waiting_for_a_lock(engine) -> int:  # noqa: ANN001
+    with engine.connect() as connection:
+        return connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+        )
+
+
+def test_two_retired_tokens_of_one_family_replayed_at_once_both_get_401(client, settings, make_user):
+    """A thief and the owner replaying two old tokens of one login at the same moment: both refused with 401 (not
+    a 503 for a deadlock), and the family revoked. The test holds both tokens' rows until both requests wait."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("row locks are a PostgreSQL matter")
+    user = make_user()
+    first = login_pair(client, user)["refresh_token"]
+    second = refresh(client, first).json()["refresh_token"]
+    live = refresh(client, second).json()["refresh_token"]
+    hashes = [hash_refresh_token(token) for token in (first, second)]
+    holder = create_engine(settings.database_url)
+    statuses: dict[str, int] = {}
+    try:
+        with holder.connect() as connection, connection.begin():
+            connection.execute(
+                text("SELECT id FROM refresh_tokens WHERE token_hash IN (:a, :b) FOR UPDATE"),
+                {"a": hashes[0], "b": hashes[1]},
+            )
+            threads = [
+                threading.Thread(
+                    target=lambda token=token: statuses.__setitem__(token, refresh(client, token).status_code)
+                )
+                for token in (first, second)
+            ]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 10
+            while backends_waiting_for_a_lock(holder) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        holder.dispose()
+
+    assert sorted(statuses.values()) == [401, 401], statuses
+    assert_invalid_grant(refresh(client, live))
