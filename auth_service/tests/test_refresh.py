@@ -188,18 +188,17 @@ def test_two_retired_tokens_of_one_family_replayed_at_once_both_get_401(client, 
     hashes = [hash_refresh_token(token) for token in (first, second)]
     holder = create_engine(settings.database_url)
     statuses: dict[str, int] = {}
+
+    def present(token: str) -> None:
+        statuses[token] = refresh(client, token).status_code
+
     try:
         with holder.connect() as connection, connection.begin():
             connection.execute(
                 text("SELECT id FROM refresh_tokens WHERE token_hash IN (:a, :b) FOR UPDATE"),
                 {"a": hashes[0], "b": hashes[1]},
             )
-            threads = [
-                threading.Thread(
-                    target=lambda token=token: statuses.__setitem__(token, refresh(client, token).status_code)
-                )
-                for token in (first, second)
-            ]
+            threads = [threading.Thread(target=present, args=(token,)) for token in (first, second)]
             for thread in threads:
                 thread.start()
             deadline = time.monotonic() + 10

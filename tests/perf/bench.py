@@ -772,7 +772,7 @@ def paired_ratio(main: dict, numerator: str, denominator: str) -> float:
 
 
 def storm_verify_seconds(storm: dict) -> list[float]:
-    return [one["verify_seconds_before"] for one in storm["repeats"] if one.get("verify_seconds_before")]
+    return [one["verify_seconds_before"] for one in storm["repeats"]]
 
 
 def login_ceiling_ratio(storm: dict, cores: int) -> float:
