@@ -100,6 +100,27 @@ class Settings(BaseSettings):
     auth_port: int = 8001
     users_port: int = 8002
 
+    # Machine clients (users service owns the keys, the auth service checks them).
+    api_key_max_per_user: int = Field(default=20, ge=1)
+
+    # Mail. No SMTP_HOST: mails are written as .eml files under `mail_dir` (the local run's inbox).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65_535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    mail_from: str = "no-reply@localhost"
+    mail_dir: Path = Path("var/mail")
+    # Links put in mails; `{token}` is replaced. Unset: the mail names the API's confirm endpoint instead.
+    password_reset_url: str | None = None
+    email_verification_url: str | None = None
+    password_reset_ttl_seconds: int = Field(default=1_800, ge=60)
+    email_verification_ttl_seconds: int = Field(default=86_400, ge=60)
+
+    # Rows of ended or expired sessions (their refresh tokens) are deleted this long after the end.
+    ended_session_retention_seconds: int = Field(default=604_800, ge=0)
+
     max_body_bytes: int = Field(default=65_536, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # FastAPI runs `def` endpoints in a thread pool; it must not exceed the DB pool (see README).
