@@ -35,10 +35,18 @@ class SigningKeysUnavailable(Exception):
 
 @dataclass(frozen=True)
 class AccessClaims:
+    """What a checked access token says: a login's token carries its session (`sid`) and the user's token version;
+    an API key's carries the key's `client_id` and its scopes instead (a password change leaves those alone)."""
+
     user_id: int
-    token_version: int
+    # None for an API key's token.
+    token_version: int | None
     jti: str
     issued_at: int
+    session_id: str | None = None
+    client_id: str | None = None
+    # None: a login's token, limited only by the user's rights; a set: an API key's token, limited to its scopes.
+    scopes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,21 @@ class AccessTokenIssuer:
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return self._jwks
 
-    def issue(self, *, user_id: int, token_version: int, now: float | None = None) -> IssuedAccessToken:
+    def issue(
+        self,
+        *,
+        user_id: int,
+        token_version: int | None = None,
+        now: float | None = None,
+        session_id: str | None = None,
+        client_id: str | None = None,
+        scopes: list[str] | None = None,
+    ) -> IssuedAccessToken:
+        """A login's token (`token_version`, `session_id`) or an API key's (`client_id`, `scopes`)."""
         issued_at = int(now if now is not None else time.time())
         ttl = self._settings.access_token_ttl_seconds
         jti = uuid.uuid4().hex
-        claims = {
+        claims: dict[str, Any] = {
             "sub": str(user_id),
             "iat": issued_at,
             "exp": issued_at + ttl,
@@ -123,8 +141,14 @@ class AccessTokenIssuer:
             "iss": self._settings.jwt_issuer,
             "aud": self._settings.jwt_audience,
             "type": ACCESS_TOKEN_TYPE,
-            "ver": token_version,
         }
+        if client_id is not None:
+            claims["client_id"] = client_id
+            claims["scope"] = " ".join(scopes or [])
+        else:
+            claims["ver"] = token_version or 0
+            if session_id is not None:
+                claims["sid"] = session_id
         token = jwt.encode(claims, self._signing_key, algorithm=self._algorithm, headers={"kid": self._kid})
         return IssuedAccessToken(token=token, expires_in=ttl, jti=jti)
 
@@ -262,9 +286,29 @@ class AccessTokenVerifier:
             raise InvalidAccessToken(f"rejected: {type(error).__name__}") from None
         if claims["type"] != ACCESS_TOKEN_TYPE:
             raise InvalidAccessToken("not an access token")
-        subject, version = claims["sub"], claims.get("ver", 0)
-        if not _is_database_id(subject) or not isinstance(version, int):
+        subject = claims["sub"]
+        if not _is_database_id(subject):
+            raise InvalidAccessToken("malformed subject")
+        client_id = claims.get("client_id")
+        if client_id is not None:
+            scope = claims.get("scope")
+            if not isinstance(client_id, str) or not isinstance(scope, str) or "ver" in claims or "sid" in claims:
+                raise InvalidAccessToken("malformed client claims")
+            return AccessClaims(
+                user_id=int(subject),
+                token_version=None,
+                jti=str(claims["jti"]),
+                issued_at=int(claims["iat"]),
+                client_id=client_id,
+                scopes=frozenset(scope.split()),
+            )
+        version, session_id = claims.get("ver", 0), claims.get("sid")
+        if not isinstance(version, int) or not (session_id is None or isinstance(session_id, str)):
             raise InvalidAccessToken("malformed subject")
         return AccessClaims(
-            user_id=int(subject), token_version=version, jti=str(claims["jti"]), issued_at=int(claims["iat"])
+            user_id=int(subject),
+            token_version=version,
+            jti=str(claims["jti"]),
+            issued_at=int(claims["iat"]),
+            session_id=session_id,
         )
