@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage compose-check lint-containers lint bench migrate lock clean keys
+.PHONY: run test test-auth test-users test-e2e test-browser test-fault fault-outage compose-check topology-check lint-containers lint bench scale-check migrate lock clean keys openapi
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
@@ -32,7 +32,7 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
 ## make test: the auth suite, the users suite and the end-to-end suite, each on its own database;
-## last, the database fault tests, which stop and restart the local PostgreSQL for a few seconds.
+## last, the database fault tests (an outage of a throwaway PostgreSQL cluster they make and remove themselves).
 test: $(VENV)/.dev-installed
 	@$(BIN)/python -m shared.testing
 	@status=0; \
@@ -52,7 +52,7 @@ test-users: $(VENV)/.dev-installed
 test-e2e: $(VENV)/.dev-installed
 	$(PYTEST) tests --ignore=tests/fault
 
-## make test-fault: the database fault tests alone (stops and restarts the local PostgreSQL for ~3 s).
+## make test-fault: the database fault tests alone (stops and restarts a throwaway PostgreSQL cluster for ~3 s).
 test-fault: $(VENV)/.dev-installed
 	$(PYTEST) tests/fault
 
@@ -65,6 +65,11 @@ test-browser: $(VENV)/.dev-installed
 	bash tests/browser/install.sh
 	$(PYTEST) tests/browser
 
+## make topology-check: 2 replicas of each service behind nginx, on PgBouncer (transaction mode, TLS and SCRAM both
+## sides) and a TLS PostgreSQL of its own; the end-to-end suite through the proxy, then tests/topology (~2 min).
+topology-check: $(VENV)/.dev-installed
+	bash deploy/topology-check.sh
+
 ## make compose-check: both images built, the compose stack up, the end-to-end suite against it (as root; no registry needed).
 compose-check: $(VENV)/.dev-installed
 	bash deploy/compose-check.sh
@@ -76,6 +81,15 @@ lint-containers:
 ## make bench: both services and a reference app under wrk, as production runs them; table and JSON under results/ (~5 min).
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.perf.bench
+
+## make scale-check [ARGS="--users 1000000 --repeats 30"]: a million users and refresh tokens; page, /users/me and login
+## times, table sizes before and after a retention pass (~2 min; a throwaway database; not part of `make test`).
+scale-check: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.perf.scale_check $(ARGS)
+
+## make openapi: each service's OpenAPI schema into docs/openapi/ (tests/test_openapi_drift.py checks it is current).
+openapi: $(VENV)/.runtime-installed
+	$(BIN)/python deploy/export-openapi.py
 
 migrate: $(VENV)/.runtime-installed
 	$(BIN)/python -m shared.migrate upgrade head

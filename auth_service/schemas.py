@@ -1,5 +1,7 @@
 """Response bodies of the auth service (request bodies are OAuth2 forms)."""
 
+from datetime import datetime
+
 from pydantic import BaseModel
 
 
@@ -10,5 +12,29 @@ class TokenResponse(BaseModel):
     refresh_token: str
 
 
+class ClientCredentialsTokenResponse(BaseModel):
+    """The client-credentials grant's answer: no refresh token, and the scopes the access token carries."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    scope: str
+
+
 class JwksResponse(BaseModel):
     keys: list[dict[str, str]]
+
+
+class SessionPublic(BaseModel):
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str | None
+    ip_address: str | None
+    # True for the session the presented access token belongs to.
+    current: bool
+
+
+class SessionList(BaseModel):
+    items: list[SessionPublic]

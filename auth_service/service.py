@@ -7,21 +7,23 @@ every refresh retires the presented token and adds the next one to the family.
 import hashlib
 import re
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
+from auth_service.sessions import NEW_SESSION, TOUCH_SESSION, USER_AS_READ, new_session_row
 from auth_service.throttle import (
     begin_login_attempt,
-    clear_login_failures,
-    forget_login_attempt,
+    clear_failures,
+    forget_attempt,
+    record_failure,
     throttle_key_for_username,
 )
 from shared.database import run_statement
-from shared.models import USERNAME_PATTERN, RefreshToken, User
+from shared.models import USERNAME_PATTERN, RefreshToken, User, UserSession
 from shared.passwords import PasswordHasher, PasswordHashingBusy
+from shared.revocation import end_session
 from shared.settings import Settings
 from shared.tokens import AccessTokenIssuer
 
@@ -55,6 +57,7 @@ def hash_refresh_token(token: str) -> str:
 
 REFRESH_TOKENS = RefreshToken.__table__
 USERS = User.__table__
+SESSIONS = UserSession.__table__
 # The refresh token is stored only while the user is still active and at the token version its access token
 # carries. FOR SHARE on the user's row orders it against a concurrent password change or deactivation, which
 # locks that row before it revokes the user's refresh tokens (shared.revocation): either this insert waits for
@@ -70,11 +73,7 @@ NEW_REFRESH_TOKEN = (
             bindparam("issued_at", type_=REFRESH_TOKENS.c.issued_at.type),
             bindparam("expires_at", type_=REFRESH_TOKENS.c.expires_at.type),
         )
-        .where(
-            USERS.c.id == bindparam("user_id"),
-            USERS.c.token_version == bindparam("token_version"),
-            USERS.c.is_active.is_(True),
-        )
+        .where(*USER_AS_READ)
         .with_for_update(read=True),
     )
     .returning(REFRESH_TOKENS.c.id)
@@ -99,9 +98,10 @@ def issue_token_pair(
     family_id: str,
     now: datetime,
 ) -> tuple[TokenPair, dict[str, object]]:
-    """A new access token and a new refresh token in `family_id`, and the parameters of `NEW_REFRESH_TOKEN` that
-    store the refresh token, for the caller to run: no row means the user changed meanwhile (no tokens then)."""
-    access = issuer.issue(user_id=user_id, token_version=token_version, now=now.timestamp())
+    """A new access token of session `family_id` and a new refresh token in that family, and the parameters of
+    `NEW_REFRESH_TOKEN` that store the refresh token, for the caller to run: no row means the user changed
+    meanwhile (no tokens then)."""
+    access = issuer.issue(user_id=user_id, token_version=token_version, now=now.timestamp(), session_id=family_id)
     refresh_token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
     row = {
         "token_hash": hash_refresh_token(refresh_token),
@@ -127,14 +127,16 @@ def login_with_password(
     password: str,
     address: str,
     now: datetime,
+    user_agent: str | None = None,
 ) -> TokenPair:
     """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens.
 
     Every statement commits on its own (`run_statement`): no transaction, and behind Neon's pooler no server
-    connection, is held while the password waits for and runs its hash. None needs another's atomicity: the
-    attempt is committed before the counts that must see it, the refresh token is stored only if the user has
-    not changed since it was read (`NEW_REFRESH_TOKEN`), and a crash before the failures are cleared leaves one
-    more failure counted.
+    connection, is held while the password waits for and runs its hash. Only the session and its first refresh
+    token are stored together, in one short transaction after the hash (`store_new_session`), and only if the user
+    has not changed since it was read. Nothing else needs another's atomicity: the attempt is committed (pending)
+    before the counts that must see it, and a crash before the attempt is decided
+    leaves a pending row that counts as a failure once it is stale (shared.throttle).
     """
     username_key = throttle_key_for_username(username)
     attempt_id = begin_login_attempt(
@@ -153,10 +155,11 @@ def login_with_password(
     except PasswordHashingBusy:
         # Refused for a full hash queue (503): no password was checked, so a client retrying through an
         # overload does not lock itself out.
-        forget_login_attempt(connection=connection, attempt_id=attempt_id)
+        forget_attempt(connection=connection, attempt_id=attempt_id)
         raise
     if not matches or user is None or not user.is_active:
-        # The attempt is already recorded as a failure.
+        # An inactive user's right password counts too: whether it counted must not tell that it was right.
+        record_failure(connection=connection, attempt_id=attempt_id)
         raise InvalidCredentials
     if new_hash is not None:
         run_statement(
@@ -164,35 +167,59 @@ def login_with_password(
             NEW_PASSWORD_HASH,
             {"user_id": user.id, "verified_hash": user.password_hash, "new_hash": new_hash, "now": now},
         )
+    session_row = new_session_row(
+        user_id=user.id,
+        token_version=user.token_version,
+        expires_at=now + timedelta(seconds=settings.refresh_token_ttl_seconds),
+        user_agent=user_agent,
+        address=address,
+        now=now,
+    )
     pair, refresh_row = issue_token_pair(
         settings=settings,
         issuer=issuer,
         user_id=user.id,
         token_version=user.token_version,
-        family_id=str(uuid.uuid4()),
+        family_id=session_row["session_id"],
         now=now,
     )
-    if not run_statement(connection, NEW_REFRESH_TOKEN, refresh_row):
+    if not store_new_session(connection=connection, session_row=session_row, refresh_row=refresh_row):
         # The password was changed (or the user deactivated) while this one was being checked.
+        record_failure(connection=connection, attempt_id=attempt_id)
         raise InvalidCredentials
-    clear_login_failures(connection=connection, username_key=username_key, address=address)
+    clear_failures(connection=connection, key=username_key, address=address, attempt_id=attempt_id, now=now)
     return pair
+
+
+def store_new_session(
+    *, connection: Connection, session_row: dict[str, object], refresh_row: dict[str, object]
+) -> bool:
+    """Stores a login's session and its first refresh token together, or neither (False: the user changed since
+    the password was checked). One short transaction, opened only after the hash: a session is never left without
+    its token."""
+    with connection.begin() as transaction:
+        stored = connection.execute(NEW_SESSION, session_row).first() is not None
+        if not stored or connection.execute(NEW_REFRESH_TOKEN, refresh_row).first() is None:
+            transaction.rollback()
+            return False
+    return True
 
 
 # The refresh grant's statements, built once: built per request (and run through the ORM), they cost a refresh
 # more Python time than everything else it does (py-spy: SQLAlchemy 60 % of the worker's time, 6.8 ms a refresh).
 REFRESH_TOKEN_IS_PRESENTED = REFRESH_TOKENS.c.token_hash == bindparam("presented_hash")
-# The user's row first, as every writer of refresh tokens takes it before their rows: a password change or
-# deactivation (shared.revocation) then either waits for this refresh or is seen by it. Exclusive (FOR NO KEY
-# UPDATE, which leaves the foreign-key checks of other inserts alone): the refreshes of one user queue here,
-# so racers presenting one token, or old tokens of one family replayed at once, run one after the other; a
-# token row locked first, then the family's in id order, deadlocked in both races (tested). On PostgreSQL the
-# lock lasts until the commit, so the user read here is the user the new tokens are issued for. (SQLite, `make
-# run`, locks nothing and reads it outside the write transaction; the conditional insert of the new token
-# still refuses a user changed meanwhile.)
-USER_OF_PRESENTED_TOKEN = (
-    select(USERS.c.id, USERS.c.is_active, USERS.c.token_version)
-    .where(USERS.c.id == select(REFRESH_TOKENS.c.user_id).where(REFRESH_TOKEN_IS_PRESENTED).scalar_subquery())
+# Steps 1 and 2 of the lock order (shared/revocation.py) in one statement: the user's row, then the session's
+# (PostgreSQL locks the rows of a join in the order of its FROM list), before any refresh token is touched.
+# Exclusive (FOR NO KEY UPDATE, which leaves the foreign-key checks of other inserts alone): the refreshes of one
+# user queue here, so racers presenting one token, or old tokens of one family replayed at once, run one after
+# the other, and a password change, deactivation or `/revoke` either waits for this refresh or is seen by it. On
+# PostgreSQL the lock lasts until the commit, so the user read here is the user the new tokens are issued for.
+# (SQLite, `make run`, locks nothing and reads it outside the write transaction; the conditional insert of the
+# new token still refuses a user changed meanwhile.)
+USER_AND_SESSION_OF_PRESENTED_TOKEN = (
+    select(USERS.c.id, USERS.c.is_active, USERS.c.token_version, SESSIONS.c.id.label("session_id"))
+    .select_from(USERS.join(SESSIONS, SESSIONS.c.user_id == USERS.c.id))
+    .where(SESSIONS.c.id == select(REFRESH_TOKENS.c.family_id).where(REFRESH_TOKEN_IS_PRESENTED).scalar_subquery())
     .with_for_update(key_share=True)
 )
 # One conditional UPDATE decides: the token is live and no token of its family was revoked (revocation marks
@@ -215,41 +242,27 @@ RETIRE_PRESENTED_TOKEN = (
 FAMILY_OF_REUSED_TOKEN = select(REFRESH_TOKENS.c.family_id).where(
     REFRESH_TOKEN_IS_PRESENTED, REFRESH_TOKENS.c.used_at.is_not(None)
 )
-FAMILY_OF_PRESENTED_TOKEN = select(REFRESH_TOKENS.c.family_id).where(REFRESH_TOKEN_IS_PRESENTED)
-# Rows locked in id order, so two revocations of one family (POST /revoke takes no user row) wait for each other
-# instead of deadlocking.
-LOCK_FAMILY = (
-    select(REFRESH_TOKENS.c.id)
-    .where(REFRESH_TOKENS.c.family_id == bindparam("revoked_family_id"))
-    .order_by(REFRESH_TOKENS.c.id)
-    .with_for_update()
-)
-REVOKE_FAMILY = (
-    update(REFRESH_TOKENS)
-    .where(REFRESH_TOKENS.c.family_id == bindparam("revoked_family_id"), REFRESH_TOKENS.c.revoked_at.is_(None))
-    .values(revoked_at=bindparam("now"))
-)
 
 
 def refresh_token_pair(
     *, connection: Connection, settings: Settings, issuer: AccessTokenIssuer, refresh_token: str, now: datetime
 ) -> TokenPair:
-    """Exchanges a live refresh token for a new pair; a second use of a retired token revokes its family.
+    """Exchanges a live refresh token for a new pair; a second use of a retired token ends its session.
 
-    One transaction: the presented token is retired only together with storing the next one. A refused token's
-    revocation is committed before InvalidRefreshToken is raised.
+    One transaction: the presented token is retired only together with storing the next one and moving its
+    session's last use and expiry. A refused token's session end is committed before InvalidRefreshToken is raised.
     """
     presented = {"presented_hash": hash_refresh_token(refresh_token)}
     with connection.begin():
-        user = connection.execute(USER_OF_PRESENTED_TOKEN, presented).first()
+        user = connection.execute(USER_AND_SESSION_OF_PRESENTED_TOKEN, presented).first()
         family_id = connection.scalar(RETIRE_PRESENTED_TOKEN, {**presented, "now": now})
         if family_id is None:
             reused_family_id = connection.scalar(FAMILY_OF_REUSED_TOKEN, presented)
             if reused_family_id is not None:
-                revoke_family(connection=connection, family_id=reused_family_id, now=now)
+                end_session(connection=connection, session_id=reused_family_id, now=now)
             refusal = InvalidRefreshToken(reuse_detected=reused_family_id is not None)
         elif user is None or not user.is_active:
-            revoke_family(connection=connection, family_id=family_id, now=now)
+            end_session(connection=connection, session_id=family_id, now=now)
             refusal = InvalidRefreshToken()
         else:
             pair, refresh_row = issue_token_pair(
@@ -264,18 +277,18 @@ def refresh_token_pair(
                 # The password was changed (or the user deactivated) meanwhile: raised inside the transaction,
                 # so it rolls back and the presented token is not retired either.
                 raise InvalidRefreshToken
+            connection.execute(
+                TOUCH_SESSION, {"touched_session_id": family_id, "now": now, "expires_at": refresh_row["expires_at"]}
+            )
             return pair
     raise refusal
 
 
-def revoke_family(*, connection: Connection, family_id: str, now: datetime) -> None:
-    connection.execute(LOCK_FAMILY, {"revoked_family_id": family_id})
-    connection.execute(REVOKE_FAMILY, {"revoked_family_id": family_id, "now": now})
-
-
 def revoke_refresh_token(*, connection: Connection, token: str, now: datetime) -> None:
-    """RFC 7009: revokes the token's whole family if it is a refresh token we know; silent otherwise."""
+    """RFC 7009: ends the token's session (its whole family) if it is a refresh token we know; silent otherwise."""
     with connection.begin():
-        family_id = connection.scalar(FAMILY_OF_PRESENTED_TOKEN, {"presented_hash": hash_refresh_token(token)})
-        if family_id is not None:
-            revoke_family(connection=connection, family_id=family_id, now=now)
+        found = connection.execute(
+            USER_AND_SESSION_OF_PRESENTED_TOKEN, {"presented_hash": hash_refresh_token(token)}
+        ).first()
+        if found is not None:
+            end_session(connection=connection, session_id=found.session_id, now=now)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.database_failures import log_database_failure
 from shared.passwords import PasswordHashingBusy
 from shared.tokens import SigningKeysUnavailable
 
@@ -104,7 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PasswordHashingBusy)
     async def _busy(_request: Request, _exc: PasswordHashingBusy) -> JSONResponse:
         return error_response(
-            503, "Too many logins at once; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)}
+            503, "Too many password checks at once; try again", headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)}
         )
 
     @app.exception_handler(SigningKeysUnavailable)
@@ -124,9 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
             )
         if _is_database_unavailable(exc):
-            logger.warning(
-                "database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__
-            )
+            # The driver's message, once per cause: an outage fails every request, the log needs it once.
+            log_database_failure(exc, engine=request.app.state.engine, where=f"{request.method} {request.url.path}")
             return error_response(
                 503, "Database unavailable; try again", headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
             )

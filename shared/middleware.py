@@ -1,4 +1,4 @@
-"""ASGI middleware both services install: the raw request body checks.
+"""ASGI middleware both services install: the raw request body checks, and CORS for allowed origins only.
 
 Requests framed twice (Content-Length and Transfer-Encoding) get 400, bodies over the limit get 413, and
 bodies that are not UTF-8 where UTF-8 is required get 422, before any route runs. Form parsing would
@@ -8,9 +8,14 @@ otherwise turn invalid UTF-8 into replacement characters silently.
 import json
 from urllib.parse import unquote_to_bytes
 
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UTF8_CONTENT_TYPES = (b"application/json", b"application/x-www-form-urlencoded")
+# A refused body is read (up to this much) before the 413: a server closing with unread bytes resets the connection,
+# and a proxy still sending them (nginx) then answers 502 instead of passing the 413 on.
+DRAIN_LIMIT_BYTES = 1 << 20
 
 
 class RequestBodyGuardMiddleware:
@@ -38,6 +43,8 @@ class RequestBodyGuardMiddleware:
             return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body_bytes:
+            if declared <= DRAIN_LIMIT_BYTES:
+                await _drain(receive)
             await _send_error(send, 413, f"Request body larger than {self.max_body_bytes} bytes")
             return
         chunks: list[bytes] = []
@@ -49,6 +56,8 @@ class RequestBodyGuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
+                if message.get("more_body", False):
+                    await _drain(receive)
                 await _send_error(send, 413, f"Request body larger than {self.max_body_bytes} bytes")
                 return
             chunks.append(chunk)
@@ -68,6 +77,16 @@ class RequestBodyGuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+async def _drain(receive: Receive) -> None:
+    """Reads and drops the rest of the request body, at most DRAIN_LIMIT_BYTES of it."""
+    drained = 0
+    while drained <= DRAIN_LIMIT_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        drained += len(message.get("body", b""))
 
 
 def _content_length(headers: dict[bytes, bytes]) -> int | None:
@@ -105,3 +124,25 @@ async def _send_error(send: Send, status: int, detail: object) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class AllowedOriginsCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS for the allowed origins; a request from any other origin passes to the app untouched.
+
+    Starlette answers a refused preflight with a plain-text 400 that still lists the allowed methods and headers,
+    and exposes headers to refused origins: a refused origin gets no CORS header at all here, only `Vary: Origin`
+    (the answer depends on the origin, so caches must keep them apart).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = Headers(scope=scope).get("origin") if scope["type"] == "http" else None
+        if origin is None or self.is_allowed_origin(origin):
+            await super().__call__(scope, receive, send)
+            return
+
+        async def send_with_vary(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).add_vary_header("Origin")
+            await send(message)
+
+        await self.app(scope, receive, send_with_vary)

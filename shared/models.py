@@ -75,8 +75,9 @@ class UserSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     # The expiry of the session's newest refresh token.
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Indexed, as is ended_at, for the retention pass (shared.retention) to find sessions past their retention.
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     user_agent: Mapped[str | None] = mapped_column(String(256))
     ip_address: Mapped[str | None] = mapped_column(String(64))
 
@@ -92,7 +93,8 @@ class RefreshToken(Base):
     family_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Indexed for the retention pass (shared.retention), which deletes tokens long past it.
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     # Set when the token was exchanged for the next one; a second use of it is theft.
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -129,7 +131,8 @@ class OneTimeToken(Base):
     # The address the token was mailed to: a verification is good only while the user still has it.
     email: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Indexed for the retention pass (shared.retention).
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_one_time_tokens_user_id_purpose_created_at", "user_id", "purpose", "created_at"),)

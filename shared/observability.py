@@ -33,6 +33,9 @@ from sqlalchemy import Engine, event
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
+# The pid of the worker that answered: matches a response with gunicorn's lines about that worker (a timeout,
+# a restart), and lets a test see that its requests reached every worker.
+WORKER_HEADER = b"x-worker"
 # Anything else a client sends as a request id is replaced, so logs cannot be forged or split.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Log lines waiting for stdout, at most: about 5 MB of request lines, several seconds of a worker's requests.
@@ -54,6 +57,7 @@ HTTP_LATENCY = Histogram(
 LOG_LINES_DROPPED = Counter("log_lines_dropped_total", "Log lines dropped because stdout could not keep up")
 LOGIN_ATTEMPTS = Counter("auth_login_attempts_total", "Password logins by outcome", ["outcome"])
 REFRESH_REUSE = Counter("auth_refresh_token_reuse_detected_total", "Retired refresh tokens presented again")
+RETENTION_ROWS_DELETED = Counter("retention_rows_deleted_total", "Rows deleted past their retention", ["table"])
 DB_POOL_IN_USE = Gauge(
     "db_pool_connections_in_use",
     "Database connections checked out of the pool",
@@ -197,6 +201,8 @@ class RequestObservabilityMiddleware:
         self.app = app
         self.service = service
         self.logger = logging.getLogger(f"{service}.access")
+        # Starlette builds its middleware on the first request, so in the worker that serves it (after the fork).
+        self._worker = (WORKER_HEADER, str(os.getpid()).encode())
         # Bounded: route templates, KNOWN_METHODS plus "OTHER", and the statuses the services answer with.
         self._metric_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -214,7 +220,11 @@ class RequestObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER, request_id.encode()),
+                    self._worker,
+                ]
             await send(message)
 
         try:

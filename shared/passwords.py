@@ -4,12 +4,13 @@ Argon2 hashes are memory-hard, so the number running at once in a process is bou
 """
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from passlib.context import CryptContext
 
+from shared.dummy_hashes import EvenCostVerifier
 from shared.settings import Settings
 
 
@@ -28,7 +29,9 @@ class PasswordHasher:
     (`make bench`: over 300 MiB per worker after a login storm with 10 threads; on its own threads, about 130).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, settings_in_use: Callable[[], Iterable[str]] | None = None) -> None:
+        """`settings_in_use` names the hash settings among the users (shared.dummy_hashes.hash_settings_in_use),
+        so that every check costs the same whatever the username; read on the first check."""
         self._context = CryptContext(
             schemes=["argon2", "bcrypt"],
             default="argon2",
@@ -42,9 +45,9 @@ class PasswordHasher:
         self._slots = threading.BoundedSemaphore(settings.password_hash_concurrency)
         self._hash_threads = ThreadPoolExecutor(settings.password_hash_concurrency, thread_name_prefix="password-hash")
         self._queue_timeout = settings.password_hash_queue_timeout_seconds
-        self._dummy_hash = self._context.hash("dummy password for unknown users")
+        self._even = EvenCostVerifier(self._context, settings_in_use)
 
-    def _on_hash_thread(self, work: Callable[..., Result], *arguments: str) -> Result:
+    def _on_hash_thread(self, work: Callable[..., Result], *arguments: object) -> Result:
         """`work(*arguments)` on a hash thread, after waiting at most the queue timeout for a free one."""
         if not self._slots.acquire(timeout=self._queue_timeout):
             raise PasswordHashingBusy
@@ -59,7 +62,8 @@ class PasswordHasher:
     def verify_and_update(self, *, password: str, password_hash: str) -> tuple[bool, str | None]:
         """(matches, new hash or None): a new hash when the stored one uses outdated parameters."""
         try:
-            return self._on_hash_thread(self._context.verify_and_update, password, password_hash)
+            self._even.learn_settings_in_use()
+            return self._on_hash_thread(self._even.verify_and_update, self._context, password, password_hash)
         except ValueError:
             # bcrypt refuses secrets over 72 bytes; such a password never matched a bcrypt hash.
             return False, None
@@ -69,5 +73,6 @@ class PasswordHasher:
         return matches
 
     def verify_dummy(self, *, password: str) -> None:
-        """Spends the time of one real verification, so unknown usernames answer as slowly as known ones."""
-        self.verify(password=password, password_hash=self._dummy_hash)
+        """Spends the time of a real check (shared.dummy_hashes): unknown usernames answer as slowly as known ones."""
+        self._even.learn_settings_in_use()
+        self._on_hash_thread(self._even.verify_dummies, password)

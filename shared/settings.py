@@ -54,8 +54,11 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    # A SELECT 1 before each use of a pooled connection: what finds the ones a suspended Neon compute closed.
+    # A SELECT 1 before using a pooled connection: what finds the ones a suspended Neon compute closed.
     db_pool_pre_ping: bool = True
+    # ...sent only to a connection that rested in the pool this long, or that the server wrote to meanwhile (its
+    # notice that it closed it); one reused within this window goes without the round trip. 0: before every use.
+    db_pool_pre_ping_idle_seconds: float = Field(default=1.0, ge=0, le=300)
     # Neon closes idle connections when it suspends a compute; recycle before that bites.
     db_pool_recycle_seconds: int = Field(default=280, ge=1, le=300)
     db_connect_timeout_seconds: int = Field(default=10, ge=1, le=60)
@@ -81,10 +84,13 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=2, ge=1)
     argon2_parallelism: int = Field(default=1, ge=1)
     # Each Argon2 hash holds its memory while it runs: bound how many run at once per worker. One per worker,
-    # with a worker per core: more hashes than cores thrash the cache (`make bench`: 22.9 ms of CPU per verify
-    # with two per worker on 2 cores against 20.2 ms with one) and each holds 19 MiB more.
+    # with a worker per core: more hashes than cores thrash the cache and each holds its memory more
+    # (docs/performance.md, "Logins and hashing").
     password_hash_concurrency: int = Field(default=1, ge=1)
     password_hash_queue_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Requests that will hash a password (login, sign-up, password change) in flight per worker; beyond it they are
+    # refused at once (503, Retry-After) instead of queueing for a thread with their bodies in memory.
+    password_hash_max_in_flight: int = Field(default=32, ge=1)
 
     admin_username: str | None = None
     admin_password: str | None = None
@@ -117,9 +123,25 @@ class Settings(BaseSettings):
     email_verification_url: str | None = None
     password_reset_ttl_seconds: int = Field(default=1_800, ge=60)
     email_verification_ttl_seconds: int = Field(default=86_400, ge=60)
+    # The outbox sender: a thread in every worker (shared.mail.sender); off here if mail is sent some other way.
+    mail_sender_enabled: bool = True
+    # Retries back off exponentially from the base to the cap (with jitter); after the last attempt a mail is dead.
+    mail_max_attempts: int = Field(default=15, ge=1)
+    mail_retry_base_seconds: float = Field(default=5.0, gt=0)
+    mail_retry_max_seconds: float = Field(default=3_600.0, gt=0)
 
     # Rows of ended or expired sessions (their refresh tokens) are deleted this long after the end.
     ended_session_retention_seconds: int = Field(default=604_800, ge=0)
+    # Retention (shared.retention): a pass in every worker about this often (with jitter), skipped while the
+    # worker has not used the database since its last pass; 0 turns it off.
+    retention_interval_seconds: float = Field(default=3_600.0, ge=0)
+    # Rows deleted per statement (each its own short transaction); sessions go a twentieth of it at a time,
+    # each taking its refresh tokens with it.
+    retention_batch_size: int = Field(default=1_000, ge=20, le=100_000)
+    # Reset and verification tokens are kept this long after they expire (a used one expires soon after anyway).
+    one_time_token_retention_seconds: int = Field(default=86_400, ge=0)
+    # Sent and dead outbox mails are kept this long after they were sent or given up, for an operator's questions.
+    outbox_retention_seconds: int = Field(default=604_800, ge=0)
 
     max_body_bytes: int = Field(default=65_536, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

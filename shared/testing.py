@@ -9,7 +9,8 @@ import os
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,12 +102,29 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def own_postgres_database() -> Iterator[str]:
+    """A migrated PostgreSQL database of one test module alone, for counts no other test's rows disturb.
+
+    The module is skipped where no PostgreSQL answers: what it tests (row locks, the planner's estimates) is
+    PostgreSQL's.
+    """
+    admin_url = admin_database_url()
+    if not postgres_answers(admin_url):
+        pytest.skip("needs PostgreSQL")
+    with migrated_database(admin_url) as url:
+        yield url
+
+
 def settings_for_tests(database_url: str, **overrides: object) -> Settings:
     """Settings as production has them, on the test database, with a fresh secret."""
     values: dict[str, object] = {
         "database_url": database_url,
         "jwt_secret": new_test_secret(),
         "app_env": "local" if database_url.startswith("sqlite") else "production",
+        # Off unless a test asks for it (with SMTP settings for its own server): senders of several apps on one
+        # database would otherwise take each other's mails, or write them into the repository's var/mail.
+        "mail_sender_enabled": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -126,3 +144,23 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def at_once(calls: list[Callable[[], object]], *, timeout_seconds: float = 120) -> list:
+    """Runs each call on its own thread, all released together (real parallelism on the database); their results."""
+    start = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+    done = [False] * len(calls)
+
+    def run(index: int, call: Callable[[], object]) -> None:
+        start.wait()
+        results[index] = call()
+        done[index] = True
+
+    threads = [threading.Thread(target=run, args=pair) for pair in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout_seconds)
+    assert all(done), f"{done.count(False)} of {len(calls)} calls did not finish"
+    return results

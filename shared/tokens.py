@@ -156,9 +156,13 @@ class AccessTokenIssuer:
 class JwksKeySource:
     """Public keys fetched from the auth service's JWKS with `requests`, cached.
 
-    An unknown `kid` triggers a refetch, but at most one per `min_refetch_seconds`, so a flood of
-    tokens with made-up `kid`s cannot turn into a flood of requests to the auth service.
+    Cached keys are always served at once: when they are stale, one fetch runs on a thread of its own while
+    requests go on with them. Only a request whose `kid` is not cached waits, and only for the one fetch in
+    flight, at most FETCH_TIMEOUT_SECONDS. A fetch starts at most once per `min_refetch_seconds`, so a flood
+    of tokens with made-up `kid`s cannot turn into a flood of requests to the auth service.
     """
+
+    FETCH_TIMEOUT_SECONDS = 5.0
 
     def __init__(self, *, url: str, algorithm: str, cache_seconds: float, min_refetch_seconds: float) -> None:
         self._url = url
@@ -168,32 +172,52 @@ class JwksKeySource:
         self._keys: dict[str, Any] = {}
         self._fetched_at = float("-inf")
         self._last_attempt_at = float("-inf")
+        # Held only to start or finish a fetch, never across one.
         self._lock = threading.Lock()
+        self._fetch_done: threading.Event | None = None
         self.fetch_count = 0
 
     def key_for(self, kid: str) -> Any | None:
         now = time.monotonic()
-        stale = now - self._fetched_at > self._cache_seconds
-        if kid not in self._keys or stale:
-            self._refetch(now)
+        key = self._keys.get(kid)
+        if key is not None:
+            if now - self._fetched_at > self._cache_seconds:
+                self._start_fetch(now)
+            return key
+        fetch_done = self._start_fetch(now)
+        if fetch_done is not None:
+            fetch_done.wait(self.FETCH_TIMEOUT_SECONDS)
         if not self._keys:
             raise SigningKeysUnavailable
         return self._keys.get(kid)
 
-    def _refetch(self, now: float) -> None:
+    def _start_fetch(self, now: float) -> threading.Event | None:
+        """The fetch in flight, or a new one unless the last began under `min_refetch_seconds` ago (then None)."""
         with self._lock:
+            if self._fetch_done is not None:
+                return self._fetch_done
             if now - self._last_attempt_at < self._min_refetch_seconds:
-                return
+                return None
             self._last_attempt_at = now
             self.fetch_count += 1
-            try:
-                response = requests.get(self._url, timeout=5)
-                response.raise_for_status()
-                self._keys = self._parse(response.json())
-                self._fetched_at = now
-            except (requests.RequestException, ValueError, KeyError, TypeError):
-                # Keep serving the keys we had: an auth service restart must not log everybody out.
-                return
+            fetch_done = self._fetch_done = threading.Event()
+        threading.Thread(target=self._fetch, args=(fetch_done,), name="jwks-fetch", daemon=True).start()
+        return fetch_done
+
+    def _fetch(self, fetch_done: threading.Event) -> None:
+        try:
+            response = requests.get(self._url, timeout=self.FETCH_TIMEOUT_SECONDS)
+            response.raise_for_status()
+            # One assignment: a request reads either the old key set or the new one, never a mix.
+            self._keys = self._parse(response.json())
+            self._fetched_at = time.monotonic()
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            # Keep serving the keys we had: an auth service restart must not log everybody out.
+            pass
+        finally:
+            with self._lock:
+                self._fetch_done = None
+            fetch_done.set()
 
     def _parse(self, document: dict[str, Any]) -> dict[str, Any]:
         keys = {}
@@ -227,6 +251,18 @@ def build_key_source(settings: Settings) -> StaticKeySource | JwksKeySource:
         raise ValueError(f"JWT_PUBLIC_KEY_FILE or JWKS_URL is required with JWT_ALGORITHM={settings.jwt_algorithm}")
     return StaticKeySource(
         _static_public_keys(settings, [settings.jwt_public_key_file, *settings.jwt_previous_key_files])
+    )
+
+
+def signing_key_source(settings: Settings) -> StaticKeySource:
+    """The keys the auth service checks its own access tokens with: the shared secret (HS256), or the public half
+    of its signing key and of the previous keys it still publishes."""
+    if settings.jwt_algorithm == "HS256":
+        return StaticKeySource({_hs256_kid(settings.jwt_secret): settings.jwt_secret})
+    if settings.jwt_private_key_file is None:
+        raise ValueError(f"JWT_PRIVATE_KEY_FILE is required with JWT_ALGORITHM={settings.jwt_algorithm}")
+    return StaticKeySource(
+        _static_public_keys(settings, [settings.jwt_private_key_file, *settings.jwt_previous_key_files])
     )
 
 

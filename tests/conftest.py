@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from shared.testing import database_url, new_test_secret  # noqa: F401  (fixture)
+from shared.testing_mail import mail_catcher  # noqa: F401  (fixture)
 from tests.processes import ServiceProcess, free_port
 
 
@@ -24,6 +25,8 @@ class Stack:
     admin_username: str
     admin_password: str
     processes: list[ServiceProcess] = field(default_factory=list)
+    # The mail catcher's inbox (deploy/mailcatcher.py) the services send to; MAIL_INBOX_URL for a given stack.
+    mail_inbox_url: str | None = None
 
     @property
     def started_here(self) -> bool:
@@ -38,7 +41,14 @@ class Account:
 
 
 def service_env(database_url: str, **overrides: str) -> dict[str, str]:  # noqa: F811
-    return {"DATABASE_URL": database_url, "APP_ENV": "production", "JWT_SECRET": new_test_secret(), **overrides}
+    # No mail sender unless a test gives one an SMTP server (the stack does): none writes into the repo's var/mail.
+    return {
+        "DATABASE_URL": database_url,
+        "APP_ENV": "production",
+        "JWT_SECRET": new_test_secret(),
+        "MAIL_SENDER_ENABLED": "false",
+        **overrides,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -54,18 +64,22 @@ def stack(request: pytest.FixtureRequest, logs_dir: Path) -> Iterator[Stack]:
             users_url=os.environ["USERS_URL"].rstrip("/"),
             admin_username=os.environ["ADMIN_USERNAME"],
             admin_password=os.environ["ADMIN_PASSWORD"],
+            mail_inbox_url=os.environ.get("MAIL_INBOX_URL"),
         )
         return
     url = request.getfixturevalue("database_url")
     admin_password = secrets.token_urlsafe(16)
-    env = service_env(url, ADMIN_USERNAME="e2e-admin", ADMIN_PASSWORD=admin_password)
+    catcher = request.getfixturevalue("mail_catcher")
+    env = service_env(url, ADMIN_USERNAME="e2e-admin", ADMIN_PASSWORD=admin_password, **catcher.env())
     auth = ServiceProcess("auth", free_port(), env, logs_dir / "auth.log")
     users = ServiceProcess("users", free_port(), env, logs_dir / "users.log")
     started = []
     try:
         for process in (auth, users):
             started.append(process.start())
-        yield Stack(auth.url, users.url, "e2e-admin", admin_password, processes=started)
+        yield Stack(
+            auth.url, users.url, "e2e-admin", admin_password, processes=started, mail_inbox_url=catcher.inbox_url
+        )
     finally:
         for process in started:
             process.stop()
@@ -117,3 +131,28 @@ class Api:
         response = self.login(self.stack.admin_username, self.stack.admin_password)
         assert response.status_code == 200, response.text
         return response.json()["access_token"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With AUTH_URL/USERS_URL (containers, deploy/topology-check.sh), only the tests of that stack run.
+
+    The others start services or tools of their own, on this machine's database: `make test` runs them already,
+    and they would say nothing about the stack given.
+    """
+    if not (os.environ.get("AUTH_URL") and os.environ.get("USERS_URL")):
+        return
+    skip = pytest.mark.skip(reason="does not use the stack at AUTH_URL/USERS_URL (runs in `make test`)")
+    # E2E_REPLICATED: the stack is several replicas of each service behind a load balancer (topology-check).
+    replicated = os.environ.get("E2E_REPLICATED") == "1"
+    skip_replicated = pytest.mark.skip(reason="needs one process per service; the stack is replicated behind a proxy")
+    for item in items:
+        if "stack" not in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+        elif replicated and item.get_closest_marker("one_replica"):
+            item.add_marker(skip_replicated)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "one_replica: reads state kept per process (/metrics), so one replica per service must answer"
+    )

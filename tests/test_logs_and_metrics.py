@@ -26,22 +26,30 @@ def own_stack(database_url: str, tmp_path: Path):
 
 
 def exercise_every_secret_path(api: Api) -> list[str]:
-    """Sign-up, logins right and wrong, refresh, reuse, password change, bad tokens, revoke: the secrets seen."""
+    """Sign-up, logins right and wrong, refresh, reuse, password change, bad tokens, revoke: the secrets seen.
+
+    Each step's status is checked: a step that failed early never sent the secret the log is searched for.
+    """
     account = api.sign_up(password="first secret password")
     tokens = api.tokens(account)
-    api.login(account.username, "wrong secret password")
-    rotated = api.refresh(tokens["refresh_token"]).json()
-    api.refresh(tokens["refresh_token"])
-    api.users(
+    assert api.login(account.username, "wrong secret password").status_code == 401
+    rotated_response = api.refresh(tokens["refresh_token"])
+    assert rotated_response.status_code == 200, rotated_response.text
+    rotated = rotated_response.json()
+    changed = api.users(
         "PATCH",
         "/users/me",
         rotated["access_token"],
         json={"password": "second secret password", "current_password": "first secret password"},
     )
-    api.users("GET", "/users/me", rotated["access_token"])
-    api.users("GET", "/users/me", rotated["access_token"] + "tampered")
-    api.users("POST", "/users", json={"username": "x", "password": "short"})
-    requests.post(f"{api.stack.auth_url}/revoke", data={"token": rotated["refresh_token"]})
+    assert changed.status_code == 200, changed.text
+    # Issued before the password change: refused from now on.
+    assert api.users("GET", "/users/me", rotated["access_token"]).status_code == 401
+    assert api.users("GET", "/users/me", rotated["access_token"] + "tampered").status_code == 401
+    # Reuse of the retired token: refused (the family is revoked, by the password change already).
+    assert api.refresh(tokens["refresh_token"]).status_code == 401
+    assert api.users("POST", "/users", json={"username": "x", "password": "short"}).status_code == 422
+    assert requests.post(f"{api.stack.auth_url}/revoke", data={"token": rotated["refresh_token"]}).status_code == 200
     return [
         "first secret password",
         "wrong secret password",
@@ -91,9 +99,14 @@ def test_request_id_is_kept_when_sane_and_replaced_otherwise(own_stack) -> None:
 
 
 def test_generated_request_ids_are_unique_across_workers(stack: Stack) -> None:
-    # A new connection each time, so both workers answer: ids drawn from one random state copied into
+    # A new connection each time, until both workers answered: ids drawn from one random state copied into
     # every worker by fork would repeat from one worker to the next.
-    ids = [requests.get(f"{stack.users_url}/healthz", timeout=10).headers["X-Request-ID"] for _ in range(60)]
+    ids, workers = [], set()
+    while (len(ids) < 60 or len(workers) < 2) and len(ids) < MAX_ROUNDS_TO_REACH_BOTH_WORKERS:
+        response = requests.get(f"{stack.users_url}/healthz", timeout=10)
+        ids.append(response.headers["X-Request-ID"])
+        workers.add(response.headers["X-Worker"])
+    assert len(workers) >= 2, f"{len(ids)} requests on new connections all reached worker {workers}"
     assert all(len(request_id) == 32 for request_id in ids)
     assert len(set(ids)) == len(ids)
 
@@ -107,25 +120,56 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+@pytest.mark.one_replica
 def test_metrics_count_logins_and_requests_across_workers(api: Api) -> None:
-    before = requests.get(f"{api.stack.auth_url}/metrics").text
+    """Every request on a connection of its own, until each service's answers came from two workers or more;
+    the counters, read from one worker's /metrics, then hold exactly what both workers did."""
+    bases = (api.stack.auth_url, api.stack.users_url)
+    before = {base: requests.get(f"{base}/metrics", timeout=10).text for base in bases}
     account = api.sign_up()
     for _ in range(3):
-        api.login(account.username, "wrong password")
+        failed = requests.post(
+            f"{api.stack.auth_url}/token", data={"username": account.username, "password": "wrong"}, timeout=10
+        )
+        assert failed.status_code == 401, failed.text
     tokens = api.tokens(account)
-    api.refresh(tokens["refresh_token"])
-    api.refresh(tokens["refresh_token"])
-    for _ in range(6):
-        api.users("GET", "/users/me", api.tokens(account)["access_token"])
-    after = requests.get(f"{api.stack.auth_url}/metrics").text
-    assert (
-        metric_value(after, "auth_login_attempts_total", outcome="failure")
-        - metric_value(before, "auth_login_attempts_total", outcome="failure")
-        >= 3
-    )
-    assert metric_value(after, "auth_refresh_token_reuse_detected_total") > metric_value(
-        before, "auth_refresh_token_reuse_detected_total"
-    )
-    users_metrics = requests.get(f"{api.stack.users_url}/metrics").text
-    assert metric_value(users_metrics, "http_requests_total", route="/users/me", status="200") >= 6
-    assert "http_request_duration_seconds_bucket" in users_metrics and "db_pool_connections_in_use" in users_metrics
+    assert api.refresh(tokens["refresh_token"]).status_code == 200
+    assert api.refresh(tokens["refresh_token"]).status_code == 401
+    auth_workers: set[str] = set()
+    users_workers: set[str] = set()
+    logins = reads = 0
+    while (len(auth_workers) < 2 or len(users_workers) < 2) and logins < MAX_ROUNDS_TO_REACH_BOTH_WORKERS:
+        login = requests.post(
+            f"{api.stack.auth_url}/token", data={"username": account.username, "password": account.password}, timeout=10
+        )
+        assert login.status_code == 200, login.text
+        logins += 1
+        auth_workers.add(login.headers["X-Worker"])
+        me = requests.get(
+            f"{api.stack.users_url}/users/me",
+            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+            timeout=10,
+        )
+        assert me.status_code == 200, me.text
+        reads += 1
+        users_workers.add(me.headers["X-Worker"])
+    assert len(auth_workers) >= 2 and len(users_workers) >= 2, (auth_workers, users_workers)
+
+    auth_after = requests.get(f"{api.stack.auth_url}/metrics", timeout=10).text
+    users_after = requests.get(f"{api.stack.users_url}/metrics", timeout=10).text
+    auth_before, users_before = before[api.stack.auth_url], before[api.stack.users_url]
+
+    def grew(name: str, before_text: str, after_text: str, **labels: str) -> float:
+        return metric_value(after_text, name, **labels) - metric_value(before_text, name, **labels)
+
+    assert grew("auth_login_attempts_total", auth_before, auth_after, outcome="failure") == 3
+    # The logins of the loop, and api.tokens() above.
+    assert grew("auth_login_attempts_total", auth_before, auth_after, outcome="success") == logins + 1
+    assert grew("auth_refresh_token_reuse_detected_total", auth_before, auth_after) == 1
+    assert grew("http_requests_total", users_before, users_after, route="/users/me", status="200") == reads
+    assert "http_request_duration_seconds_bucket" in users_after and "db_pool_connections_in_use" in users_after
+
+
+# New connections spread over the workers unevenly (one listening socket, whoever accepts first): enough tries
+# that a service whose every worker serves cannot miss one, few enough to fail fast when one never does.
+MAX_ROUNDS_TO_REACH_BOTH_WORKERS = 200

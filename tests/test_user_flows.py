@@ -1,8 +1,11 @@
 """End to end: sign-up, login, /users/me, updates, password change and deletion, admin listing."""
 
+import concurrent.futures
 import secrets
+import threading
 
 import jwt
+import requests
 
 from tests.conftest import Api
 
@@ -16,7 +19,9 @@ def test_sign_up_login_and_read_me(api: Api) -> None:
     assert me.status_code == 200
     body = me.json()
     assert body["username"] == account.username and body["username"] == body["username"].lower()
-    assert set(body) == {"id", "username", "email", "full_name", "is_active", "is_admin", "created_at"}
+    assert set(body) == {
+        "id", "username", "email", "full_name", "is_active", "is_admin", "email_verified", "created_at"
+    }
     assert body["created_at"].endswith("+00:00")
     claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
     assert claims["sub"] == str(account.id) and claims["type"] == "access"
@@ -74,7 +79,7 @@ def test_admin_lists_reads_and_deactivates(api: Api) -> None:
     user_token = api.tokens(account)["access_token"]
     page = api.users("GET", "/users", admin, params={"limit": 2, "offset": 0})
     assert page.status_code == 200
-    assert set(page.json()) == {"items", "total", "limit", "offset"}
+    assert set(page.json()) == {"items", "total", "total_is_exact", "limit", "offset", "next_after"}
     assert page.json()["limit"] == 2 and len(page.json()["items"]) <= 2 and page.json()["total"] >= 2
     assert api.users("GET", "/users", user_token).status_code == 403
     assert api.users("GET", f"/users/{account.id}", admin).json()["username"] == account.username
@@ -100,3 +105,55 @@ def test_sign_up_conflicts(api: Api) -> None:
     ):
         response = api.http.post(f"{api.stack.users_url}/users", json=duplicate)
         assert response.status_code == 409 and "detail" in response.json()
+
+
+# A character of four UTF-8 bytes (U+1D11E): the length limit counts characters, not bytes.
+FOUR_BYTE_CHARACTER = "\U0001d11e"
+
+
+def test_password_of_128_four_byte_characters_signs_up_and_logs_in(api: Api) -> None:
+    password = FOUR_BYTE_CHARACTER * 128
+    assert len(password) == 128 and len(password.encode()) == 512
+    account = api.sign_up(password=password)
+    assert api.login(account.username, password).status_code == 200
+    # All of it counts: one character less, or one changed at the end, is a wrong password.
+    assert api.login(account.username, password[:-1]).status_code == 401
+    assert api.login(account.username, password[:-1] + "x").status_code == 401
+
+
+def test_password_of_129_four_byte_characters_is_refused(api: Api) -> None:
+    response = api.http.post(
+        f"{api.stack.users_url}/users",
+        json={"username": f"e2e_{secrets.token_hex(5)}", "password": FOUR_BYTE_CHARACTER * 129},
+    )
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json()
+
+
+def race_sign_ups(users_url: str, username: str, racers: int) -> list[tuple[int, str]]:
+    """`racers` sign-ups of one username at the same moment, each on a connection of its own: (status, worker)."""
+    start = threading.Barrier(racers)
+
+    def sign_up(index: int) -> tuple[int, str]:
+        start.wait()
+        response = requests.post(
+            f"{users_url}/users", json={"username": username, "password": f"race password {index}"}, timeout=30
+        )
+        return response.status_code, response.headers.get("X-Worker", "")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=racers) as pool:
+        return list(pool.map(sign_up, range(racers)))
+
+
+def test_concurrent_sign_ups_of_one_username_over_http_give_one_201_across_workers(api: Api) -> None:
+    """Exactly one 201, the rest 409, in every round; rounds until one had racers on two workers at once."""
+    racers, rounds, workers_of_round = 8, 0, set()
+    while len(workers_of_round) < 2 and rounds < 10:
+        rounds += 1
+        username = f"race_{secrets.token_hex(5)}"
+        answers = race_sign_ups(api.stack.users_url, username, racers)
+        assert sorted(status for status, _ in answers) == [201] + [409] * (racers - 1), answers
+        workers_of_round = {worker for _, worker in answers}
+        winner = api.login(username, next(f"race password {i}" for i, (s, _) in enumerate(answers) if s == 201))
+        assert winner.status_code == 200, winner.text
+    assert len(workers_of_round) >= 2, f"in {rounds} rounds every sign-up reached one worker: {workers_of_round}"

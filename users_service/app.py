@@ -3,19 +3,25 @@
 import logging
 import threading
 import time
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.dummy_hashes import hash_settings_in_use
 from shared.passwords import PasswordHasher
 from shared.service_app import build_service_app, lazy_module_app
 from shared.settings import Settings
 from shared.tokens import AccessTokenVerifier, build_key_source
 from users_service import service
+from users_service.api_key_routes import router as api_key_router
 from users_service.deps import SECURITY_SCHEME_NAME
-from users_service.routes import router
+from users_service.email_verification_routes import router as email_verification_router
+from users_service.routes import router as users_router
 
 logger = logging.getLogger("users_service")
+# In this order, the users routes first, as clients call them most; the API keys' paths cannot be shadowed by theirs.
+ROUTERS = (users_router, api_key_router, email_verification_router)
 ADMIN_RETRY_SECONDS = 5
 
 
@@ -54,10 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service="users",
         title="Users service",
         description="User accounts. Authorize with an access token from the auth service's POST /token.",
-        router=router,
+        routers=ROUTERS,
         on_startup=_bootstrap_admin,
     )
-    app.state.hasher = PasswordHasher(settings)
+    # Every check verifies one hash of each setting the users' hashes use: the same time for any username.
+    app.state.hasher = PasswordHasher(settings, settings_in_use=partial(hash_settings_in_use, app.state.engine))
     app.state.key_source = build_key_source(settings)
     app.state.verifier = AccessTokenVerifier(settings, app.state.key_source)
     _point_docs_login_at_auth_service(app, token_url=f"{settings.effective_auth_public_url}/token")
@@ -69,7 +76,8 @@ def _point_docs_login_at_auth_service(app: FastAPI, *, token_url: str) -> None:
 
     def openapi() -> dict:
         schema = generate_schema()
-        schema["components"]["securitySchemes"][SECURITY_SCHEME_NAME]["flows"]["password"]["tokenUrl"] = token_url
+        for flow in schema["components"]["securitySchemes"][SECURITY_SCHEME_NAME]["flows"].values():
+            flow["tokenUrl"] = token_url
         return schema
 
     app.openapi = openapi

@@ -8,8 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.models import OAuthFlowClientCredentials
 from fastapi.security import OAuth2PasswordBearer
 
+from shared.api_keys import SCOPE_READ, SCOPE_WRITE
 from shared.errors import ApiError
 from shared.observability import set_request_user
 from shared.tokens import AccessClaims, InvalidAccessToken, StaticKeySource
@@ -46,13 +48,48 @@ class AccessTokenBearer(OAuth2PasswordBearer):
         return claims
 
 
-# The docs' "Authorize" logs in at the auth service; create_app puts its public URL into the OpenAPI schema.
-SECURITY_SCHEME_NAME = "AuthServicePassword"
+# The docs' "Authorize" gets a token at the auth service, with a password or an API key (client credentials);
+# create_app puts the auth service's public URL into the OpenAPI schema as both flows' tokenUrl.
+SECURITY_SCHEME_NAME = "AuthService"
+API_KEY_SCOPES = {
+    SCOPE_READ: "GET /users/me, GET /users/{id}, GET /users (with the key owner's rights)",
+    SCOPE_WRITE: "PATCH and DELETE of users (never a password or an email)",
+}
 access_token_bearer = AccessTokenBearer(
     tokenUrl="/token",
     scheme_name=SECURITY_SCHEME_NAME,
     auto_error=False,
-    description="Log in at the auth service's POST /token; the access token is sent as a bearer token.",
+    description=(
+        "An access token from the auth service's POST /token: log in with a password, or use an API key "
+        "(client_id and client_secret) with the client credentials grant; it is sent as a bearer token."
+    ),
 )
+access_token_bearer.model.flows.clientCredentials = OAuthFlowClientCredentials(tokenUrl="/token", scopes=API_KEY_SCOPES)
 
 Claims = Annotated[AccessClaims, Depends(access_token_bearer)]
+
+
+def insufficient_scope(detail: str) -> ApiError:
+    return ApiError(
+        403, detail, error="insufficient_scope", headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
+    )
+
+
+def require_scope(claims: AccessClaims, scope: str) -> None:
+    """Refuse an API-key token without `scope`; a login token (scopes None) may do anything its user may."""
+    if claims.scopes is not None and scope not in claims.scopes:
+        raise insufficient_scope(f"This API key lacks the {scope} scope")
+
+
+def refuse_key_token(claims: AccessClaims, detail: str) -> None:
+    if claims.scopes is not None:
+        raise insufficient_scope(detail)
+
+
+async def login_claims(claims: Claims) -> AccessClaims:
+    # Managing keys, password or email needs a person's login: a leaked key must not mint or keep itself alive.
+    refuse_key_token(claims, "An API key cannot do this; log in with a password")
+    return claims
+
+
+LoginClaims = Annotated[AccessClaims, Depends(login_claims)]

@@ -3,18 +3,11 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StrictBool, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_serializer
 
+from shared.fields import Email, Password, StrictBody
+from shared.fields import encodable_text as _encodable_text
 from shared.models import USERNAME_PATTERN, as_utc
-
-
-def _encodable_text(value: str) -> str:
-    # Lone surrogates (a JSON "\ud800") cannot be encoded to UTF-8, for hashing or storing: 422, not 500.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text") from None
-    return value
 
 
 def _storable_text(value: str) -> str:
@@ -25,15 +18,8 @@ def _storable_text(value: str) -> str:
 
 
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN), AfterValidator(str.lower)]
-Password = Annotated[str, Field(min_length=8, max_length=128), AfterValidator(_encodable_text)]
 CurrentPassword = Annotated[str, Field(max_length=128), AfterValidator(_encodable_text)]
-Email = Annotated[EmailStr, Field(max_length=320)]
 FullName = Annotated[str, Field(max_length=200), AfterValidator(_storable_text)]
-
-
-class StrictBody(BaseModel):
-    # An unknown field is a client mistake worth a 422, not something to ignore silently.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class UserCreate(StrictBody):
@@ -69,6 +55,8 @@ class UserPublic(BaseModel):
     full_name: str | None
     is_active: bool
     is_admin: bool
+    # False until the address answered a verification (or reset) mail; false again whenever it changes.
+    email_verified: bool
     created_at: datetime
 
     @field_serializer("created_at")
@@ -77,7 +65,12 @@ class UserPublic(BaseModel):
 
 
 class UserPage(BaseModel):
+    """A page of `GET /users`; pass `next_after` as `after` for the next page (null: this is the last)."""
+
     items: list[UserPublic]
+    # An estimate when `total_is_exact` is false (above 100,000 users).
     total: int
+    total_is_exact: bool
     limit: int
     offset: int
+    next_after: int | None

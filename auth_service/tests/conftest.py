@@ -13,7 +13,7 @@ from auth_service.app import create_app
 from shared.models import User
 from shared.passwords import PasswordHasher
 from shared.settings import Settings
-from shared.testing import database_url, settings_for_tests  # noqa: F401  (fixture)
+from shared.testing import database_url, own_postgres_database, settings_for_tests  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")

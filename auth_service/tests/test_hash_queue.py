@@ -70,13 +70,56 @@ def test_no_more_hashes_run_at_once_than_the_setting_allows(settings: Settings, 
     assert context.most_at_once == concurrency
 
 
+class HeldContext:
+    """Stands in for passlib's CryptContext: a verification runs until the test lets it finish."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.finish = threading.Event()
+
+    def verify_and_update(self, password: str, password_hash: str) -> tuple[bool, None]:
+        self.started.set()
+        assert self.finish.wait(30), "the test never let the verification finish"
+        return True, None
+
+
 def test_a_hash_that_waits_past_the_queue_timeout_is_refused(settings: Settings) -> None:
-    hasher, context = hasher_with(settings, concurrency=1, queue_timeout=HASH_SECONDS * 2.5)
-    outcomes = verify_from_threads(hasher, 8)
-    # One slot of 0.1 s and a 0.25 s wait: the first few get their turn, the rest are refused, none runs twice.
-    assert 2 <= outcomes.count("verified") <= 4
-    assert outcomes.count("busy") == 8 - outcomes.count("verified")
-    assert context.most_at_once == 1
+    """No sleep decides the outcome: the only slot is held until every waiter has given up."""
+    queue_timeout = 0.2
+    hasher, _ = hasher_with(settings, concurrency=1, queue_timeout=queue_timeout)
+    held = HeldContext()
+    hasher._context = held  # noqa: SLF001
+    first: list[str] = []
+    holder = threading.Thread(target=lambda: first.extend(verify_from_threads(hasher, 1)))
+    holder.start()
+    assert held.started.wait(10), "the first verification never started"
+    started = time.monotonic()
+
+    waiters = verify_from_threads(hasher, 7)
+    waited = time.monotonic() - started
+    held.finish.set()
+    holder.join(10)
+
+    assert waiters == ["busy"] * 7
+    assert first == ["verified"]
+    # Each waiter gave up after the queue timeout, not at once and not only when the slot came free.
+    assert queue_timeout <= waited < 10
+
+
+def test_a_hash_that_gets_a_slot_within_the_queue_timeout_runs(settings: Settings) -> None:
+    hasher, _ = hasher_with(settings, concurrency=1, queue_timeout=30)
+    held = HeldContext()
+    hasher._context = held  # noqa: SLF001
+    outcomes: list[str] = []
+    threads = [threading.Thread(target=lambda: outcomes.extend(verify_from_threads(hasher, 1))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    assert held.started.wait(10)
+    held.finish.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert outcomes == ["verified"] * 3
 
 
 def test_a_login_refused_for_a_full_hash_queue_is_503_and_counts_as_no_failure(make_client, make_user) -> None:

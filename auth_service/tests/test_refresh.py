@@ -3,14 +3,15 @@
 import secrets
 import threading
 import time
+from datetime import datetime, timedelta
 
 import jwt
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text, update
 
 from auth_service.service import hash_refresh_token
 from auth_service.tests.conftest import assert_invalid_grant, login, refresh, set_user_active
-from shared.models import User
+from shared.models import RefreshToken, User
 from shared.tokens import AccessTokenVerifier, InvalidAccessToken, build_key_source
 
 
@@ -71,12 +72,39 @@ def test_reuse_of_an_older_generation_revokes_the_whole_family(client, make_user
 
 
 def test_expired_refresh_token_is_refused(make_client, make_user):
-    short_lived = make_client(refresh_token_ttl_seconds=1)
-    token = login_pair(short_lived, make_user())["refresh_token"]
+    ttl = 3600
+    timed = make_client(refresh_token_ttl_seconds=ttl)
+    token = login_pair(timed, make_user())["refresh_token"]
+    issued_at, expires_at = stored_token_times(timed, token)
+    assert abs((expires_at - issued_at).total_seconds() - ttl) < 5
 
-    time.sleep(2.1)
+    # Its lifetime moved into the past instead of the test sleeping through it: a minute left, then expired.
+    move_token_back(timed, token, seconds=ttl - 60)
+    still_live = refresh(timed, token)
+    assert still_live.status_code == 200, still_live.text
+    expired = still_live.json()["refresh_token"]
+    move_token_back(timed, expired, seconds=ttl + 1)
 
-    assert_invalid_grant(refresh(short_lived, token))
+    assert_invalid_grant(refresh(timed, expired))
+
+
+def stored_token_times(client, token: str) -> tuple[datetime, datetime]:
+    with client.app.state.session_factory() as session:
+        row = session.scalars(select(RefreshToken).where(RefreshToken.token_hash == hash_refresh_token(token))).one()
+        return row.issued_at, row.expires_at
+
+
+def move_token_back(client, token: str, *, seconds: float) -> None:
+    with client.app.state.session_factory() as session:
+        session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == hash_refresh_token(token))
+            .values(
+                issued_at=RefreshToken.issued_at - timedelta(seconds=seconds),
+                expires_at=RefreshToken.expires_at - timedelta(seconds=seconds),
+            )
+        )
+        session.commit()
 
 
 UNKNOWN_REFRESH_TOKENS = {
@@ -98,40 +126,50 @@ def test_access_token_is_not_accepted_as_a_refresh_token(client, make_user):
     assert_invalid_grant(refresh(client, access_token))
 
 
-def race_refreshes(client, token: str, racers: int) -> list[int]:
-    """`racers` threads present `token` at the same moment; their statuses."""
+def race_refreshes(client, token: str, racers: int) -> list[tuple[int, dict]]:
+    """`racers` threads present `token` at the same moment; their statuses and bodies."""
     start = threading.Barrier(racers)
-    statuses: list[int] = []
+    answers: list[tuple[int, dict]] = []
 
     def race() -> None:
         start.wait()
-        statuses.append(refresh(client, token).status_code)
+        response = refresh(client, token)
+        answers.append((response.status_code, response.json()))
 
     threads = [threading.Thread(target=race) for _ in range(racers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    return statuses
+    return answers
 
 
-def at_most_one_winner(statuses: list[int], racers: int) -> bool:
-    """Every racer answered, at most one got a new pair, all the others 401."""
-    return len(statuses) == racers and statuses.count(200) <= 1 and statuses.count(200) + statuses.count(401) == racers
+def race_outcome(client, answers: list[tuple[int, dict]], racers: int) -> str | None:
+    """What broke the rule, or None: every racer answered, exactly one got a new pair, all the others 401; the
+    losers presented a token the winner had retired, so the family is revoked and the winner's token refused."""
+    statuses = sorted(status for status, _ in answers)
+    if statuses != [200] + [401] * (racers - 1):
+        return f"statuses {statuses}"
+    winner = next(body for status, body in answers if status == 200)
+    after = refresh(client, winner["refresh_token"])
+    if after.status_code != 401 or after.json().get("error") != "invalid_grant":
+        return f"the winner's new refresh token got {after.status_code} after the losers replayed the retired one"
+    return None
 
 
-def test_racing_refreshes_with_one_token_give_at_most_one_new_pair(client, make_user):
+def test_racing_refreshes_with_one_token_give_exactly_one_new_pair_then_revoke(client, make_user):
     # A race goes wrong only in some interleavings (a few percent of rounds): many short rounds, several generations.
     user, racers, rounds = make_user(), 8, 30
-    outcomes = []
+    wrong = []
     for round_number in range(rounds):
         token = login_pair(client, user)["refresh_token"]
         for _ in range(1 + round_number % 3):
             token = refresh(client, token).json()["refresh_token"]
-        outcomes.append(sorted(race_refreshes(client, token, racers)))
+        broken = race_outcome(client, race_refreshes(client, token, racers), racers)
+        if broken:
+            wrong.append(broken)
 
-    wrong = [outcome for outcome in outcomes if not at_most_one_winner(outcome, racers)]
-    assert not wrong, f"{len(wrong)} of {rounds} rounds broke 'at most one 200, the rest 401': {wrong}"
+    assert not wrong, f"{len(wrong)} of {rounds} rounds broke 'exactly one 200, the rest 401, then revoked': {wrong}"
 
 
 def deactivate(client, user_id: int) -> None:

@@ -150,26 +150,33 @@ try {
   await page.locator(".auth-wrapper button.authorize").click();
   const modal = page.locator(".modal-ux");
   await modal.waitFor();
-  await modal.locator("#oauth_username").fill(username);
-  await modal.locator("#oauth_password").fill(password);
+  // The dialog offers both flows (password, client credentials), each with its own Authorize: use the password one.
+  const passwordFlow = modal.locator(".auth-container").filter({ has: page.locator("#oauth_username") });
+  await passwordFlow.locator("#oauth_username").fill(username);
+  await passwordFlow.locator("#oauth_password").fill(password);
   const tokenUrlShown = (await modal.locator("code").allInnerTexts()).find((text) => text.includes("/token")) ?? null;
   const formShot = await shot("02-authorize-dialog.png");
   const isTokenRequest = (request) => request.method() === "POST" && request.url() === `${authUrl}/token`;
   const tokenResponsePromise = responseOf(isTokenRequest);
   // Swagger UI labels its buttons for screen readers: "Apply given OAuth2 credentials" is the dialog's
   // Authorize, "Remove authorization" its Logout (shown once logged in).
-  await modal.getByRole("button", { name: "Apply given OAuth2 credentials" }).click();
+  await passwordFlow.getByRole("button", { name: "Apply given OAuth2 credentials" }).click();
   const tokenResponse = await tokenResponsePromise;
-  await modal.getByRole("button", { name: "Remove authorization" }).waitFor();
+  // Once authorized, both flows of the one scheme show its Logout ("Remove authorization"); the password flow is first.
+  const authorizedFlow = modal
+    .locator(".auth-container")
+    .filter({ has: page.getByRole("button", { name: "Remove authorization" }) })
+    .first();
+  await authorizedFlow.waitFor();
   result.steps.authorize = {
     tokenUrlShown,
     tokenRequestUrl: tokenResponse.url(),
     tokenStatus: tokenResponse.status(),
     tokenRequestHeaders: Object.keys(tokenResponse.request().headers()).sort(),
-    dialogText: (await modal.locator(".auth-container").first().innerText()).trim(),
+    dialogText: (await authorizedFlow.innerText()).trim(),
     screenshots: [formShot, await shot("03-authorized.png")],
   };
-  await modal.locator("button.btn-done").click();
+  await authorizedFlow.locator("button.btn-done").click();
   await modal.waitFor({ state: "detached" });
   const lockButtons = (state) => page.getByRole("button", { name: `authorization button ${state}`, exact: true });
   result.steps.authorize.lockedOperations = await lockButtons("locked").count();

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Database outage under load: stop the machine's PostgreSQL for N seconds, start it again, report.
+"""Database outage under load: stop PostgreSQL for N seconds, start it again, report.
 
     .venv/bin/python tests/fault/db_outage.py [--outage-seconds 10] [--duration 30]
 
 What it does: creates a database of its own, migrates it, starts both services as real gunicorn
 processes (2 workers each), drives steady load from a few threads (sign-ups, password logins,
-GET /users/me, and probes of /healthz, /readyz and the JWKS), stops the PostgreSQL cluster that
-serves TEST_DATABASE_URL (`pg_ctlcluster ... stop -m fast`), waits, starts it again, keeps the load
-on, and prints what it saw. The rules (exit status 1 when one is broken):
+GET /users/me, and probes of /healthz, /readyz and the JWKS), stops the PostgreSQL cluster under
+them (`pg_ctl stop -m fast`), waits, starts it again, keeps the load on, and prints what it saw.
+The rules (exit status 1 when one is broken):
 
   - no 5xx other than 503, in any phase; no connection error, reset or client time-out;
   - every 503 is JSON `{"detail": ...}` with a numeric Retry-After, and no SQL or trace in it;
@@ -19,21 +19,17 @@ on, and prints what it saw. The rules (exit status 1 when one is broken):
   - every sign-up answered 201 is in the database afterwards (checked with SQL): no lost write;
   - no exception reaches the ASGI server or the catch-all handler (the services' logs say so).
 
-Stopping PostgreSQL affects everything on the machine: the script first waits (--quiet-timeout)
-until no other client is connected, and always starts the cluster again in a `finally`, also on
-Ctrl-C and SIGTERM. It needs root (or the postgres user) and a local cluster managed by
-postgresql-common (`pg_ctlcluster`, `pg_lsclusters`).
+The cluster is a throwaway one of its own (tests/fault/own_cluster.py: initdb in a temporary folder, on a
+free port, removed afterwards, also on Ctrl-C and SIGTERM), so no PostgreSQL that anybody else uses is
+ever stopped. It needs the PostgreSQL server binaries (initdb, pg_ctl) and, as root, the postgres user.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,16 +46,10 @@ if __package__ in (None, ""):
 
 import requests
 from sqlalchemy import bindparam, create_engine, text
-from sqlalchemy.engine import make_url
 
 from shared.migrate import upgrade_to_head
-from shared.testing import (
-    admin_database_url,
-    create_database,
-    drop_database,
-    new_test_secret,
-    postgres_answers,
-)
+from shared.testing import create_database, drop_database, new_test_secret
+from tests.fault.own_cluster import OwnCluster, own_cluster
 from tests.processes import ServiceProcess, free_port
 
 DB_KINDS = ("signup", "login", "me")
@@ -67,112 +57,6 @@ SUCCESS_STATUS = {"signup": 201, "login": 200, "me": 200, "healthz": 200, "jwks"
 PASSWORD = "outage password 1"
 UNHANDLED_MARKERS = ("Traceback (most recent call last)", "Exception in ASGI application", "unhandled ")
 LEAK_MARKERS = ("Traceback", "psycopg2", "sqlalchemy", "SELECT ", "INSERT ", "UPDATE ", "password_hash")
-
-
-# --- PostgreSQL control -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cluster:
-    version: str
-    name: str
-    port: int
-
-    def _ctl(self, action: str, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        command = ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action, *extra]
-        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
-
-    def stop(self) -> None:
-        # Fast: disconnect clients now (what a crash or a compute suspension looks like to them).
-        result = self._ctl("stop", "-m", "fast")
-        if result.returncode != 0 and self.is_up():
-            raise RuntimeError(f"could not stop PostgreSQL {self}: {result.stderr.strip()}")
-
-    def start(self) -> None:
-        if self.is_up():
-            return
-        result = self._ctl("start")
-        if result.returncode != 0 and not self.is_up():
-            raise RuntimeError(f"could not start PostgreSQL {self}: {result.stderr.strip()}")
-
-    def is_up(self) -> bool:
-        result = subprocess.run(
-            ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False, capture_output=True, timeout=10
-        )
-        return result.returncode == 0
-
-    def wait_up(self, timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.is_up():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def ensure_running(self) -> None:
-        """Starts the cluster if it is down, retrying: whatever happened, leave PostgreSQL running."""
-        for attempt in range(5):
-            try:
-                self.start()
-                if self.wait_up(30):
-                    return
-            except Exception as error:  # noqa: BLE001 - keep trying, report at the end
-                print(f"  ! starting PostgreSQL failed (attempt {attempt + 1}): {error}", file=sys.stderr)
-            time.sleep(1)
-        raise RuntimeError(
-            f"PostgreSQL {self} is still down; start it by hand: pg_ctlcluster {self.version} {self.name} start"
-        )
-
-    def __str__(self) -> str:
-        return f"{self.version}/{self.name} on port {self.port}"
-
-
-def find_cluster(admin_url: str) -> tuple[Cluster | None, str]:
-    """The local cluster serving `admin_url`, or None and why it cannot be controlled from here."""
-    url = make_url(admin_url)
-    if url.host not in ("127.0.0.1", "localhost", "::1", None):
-        return None, f"TEST_DATABASE_URL points at {url.host}, not at a local cluster"
-    if not shutil.which("pg_ctlcluster") or not shutil.which("pg_lsclusters") or not shutil.which("pg_isready"):
-        return None, "pg_ctlcluster/pg_lsclusters/pg_isready (postgresql-common) are not installed"
-    if os.geteuid() != 0 and os.environ.get("USER") != "postgres":
-        return None, "stopping and starting PostgreSQL needs root or the postgres user"
-    port = url.port or 5432
-    listing = subprocess.run(["pg_lsclusters", "-h"], check=False, capture_output=True, text=True, timeout=30).stdout
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] == str(port):
-            return Cluster(parts[0], parts[1], port), ""
-    return None, f"no cluster of pg_lsclusters listens on port {port}"
-
-
-def other_clients(admin_url: str, own_databases: set[str]) -> list[str]:
-    """Client connections to the cluster other than ours: someone else's tests or services."""
-    engine = create_engine(admin_url, connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                text(
-                    "SELECT pid, datname, application_name, client_addr, state FROM pg_stat_activity "
-                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                )
-            ).all()
-    finally:
-        engine.dispose()
-    return [f"pid {row.pid} db {row.datname} ({row.state})" for row in rows if row.datname not in own_databases]
-
-
-def wait_until_quiet(admin_url: str, own_databases: set[str], timeout: float, log: Callable[[str], None]) -> list[str]:
-    """Waits up to `timeout` s until no one else uses the cluster; returns who still does."""
-    deadline = time.monotonic() + timeout
-    others = other_clients(admin_url, own_databases)
-    if others:
-        log(f"  waiting up to {timeout:.0f} s for {len(others)} other PostgreSQL client(s) to finish: {others[:5]}")
-    while others and time.monotonic() < deadline:
-        time.sleep(1)
-        others = other_clients(admin_url, own_databases)
-    if others:
-        log(f"  ! still {len(others)} other client(s) connected; they will see the outage too: {others[:5]}")
-    return others
 
 
 # --- Recording --------------------------------------------------------------------------------------
@@ -258,15 +142,12 @@ class OutageConfig:
     warmup: float = 5.0
     recovery_limit: float = 5.0
     request_timeout: float = 15.0
-    quiet_timeout: float = 60.0
-    require_quiet: bool = False
     workers: int = 2
     signup_threads: int = 2
     login_threads: int = 2
     me_threads: int = 2
     pause: float = 0.02
     probe_interval: float = 0.2
-    keep_database: bool = False
 
     def check(self) -> None:
         needed = self.warmup + self.outage_seconds + self.recovery_limit + 2
@@ -305,7 +186,6 @@ class OutageResult:
     lost_writes: list[str]
     phantom_writes: list[str]
     recovery: dict[str, float | None]
-    other_clients: list[str]
     log_unhandled: list[str]  # log lines of exceptions that reached the ASGI server or the catch-all handler
     log_dir: Path
     violations: list[str] = field(default_factory=list)
@@ -485,63 +365,55 @@ def _check_writes(database_url: str, recorder: Recorder) -> tuple[list[str], lis
 
 
 def run_outage(config: OutageConfig, *, log: Callable[[str], None] = print) -> OutageResult:
-    """The whole experiment; PostgreSQL is running again when this returns or raises."""
+    """The whole experiment, on a throwaway PostgreSQL cluster that is gone when this returns or raises."""
     config.check()
-    admin_url = admin_database_url()
-    if not postgres_answers(admin_url):
-        raise RuntimeError("no PostgreSQL answers at TEST_DATABASE_URL")
-    cluster, why = find_cluster(admin_url)
-    if cluster is None:
-        raise RuntimeError(f"cannot stop and start PostgreSQL here: {why}")
     log_dir = Path(tempfile.mkdtemp(prefix="db-outage-"))
     recorder = Recorder()
     timeline = Timeline()
     stop = threading.Event()
-    log(
-        f"db_outage: PostgreSQL {cluster}; outage {config.outage_seconds:g} s "
-        f"within {config.duration:g} s of load; logs in {log_dir}"
-    )
-    with own_database(admin_url, config.keep_database) as database_url:
-        database_name = make_url(database_url).database
-        with services(database_url, config.workers, log_dir) as (auth, users):
-            threads = _load_threads(config, recorder, auth.url, users.url, stop)
-            others = wait_until_quiet(admin_url, {database_name}, config.quiet_timeout, log)
-            if others and config.require_quiet:
-                raise RuntimeError(f"{len(others)} other PostgreSQL clients still connected (--require-quiet)")
-            try:
-                timeline.load_started = time.monotonic()
-                for thread in threads:
-                    thread.start()
-                time.sleep(config.warmup)
-                log(f"  t={time.monotonic() - timeline.load_started:5.1f} s  stopping PostgreSQL")
-                timeline.stop_begun = time.monotonic()
-                cluster.stop()
-                timeline.stopped = time.monotonic()
-                time.sleep(config.outage_seconds)
-                log(f"  t={time.monotonic() - timeline.load_started:5.1f} s  starting PostgreSQL")
-                timeline.start_begun = time.monotonic()
-                with _first_moment_up(cluster) as first_up:
-                    cluster.start()
-                    if not cluster.wait_up(60):
-                        raise RuntimeError("PostgreSQL did not come back within 60 s")
-                    timeline.start_returned = time.monotonic()
-                timeline.up = first_up[0] if first_up else timeline.start_returned
-                log(
-                    f"  t={timeline.start_returned - timeline.load_started:5.1f} s  PostgreSQL started "
-                    f"(accepting connections since t={timeline.up - timeline.load_started:.1f} s)"
-                )
-                remaining = config.duration - (time.monotonic() - timeline.load_started)
-                time.sleep(max(remaining, config.recovery_limit + 2))
-            finally:
-                stop.set()
+    with own_cluster() as cluster:
+        log(
+            f"db_outage: PostgreSQL {cluster}; outage {config.outage_seconds:g} s "
+            f"within {config.duration:g} s of load; logs in {log_dir}"
+        )
+        with own_database(cluster.admin_url, keep=False) as database_url:
+            with services(database_url, config.workers, log_dir) as (auth, users):
+                threads = _load_threads(config, recorder, auth.url, users.url, stop)
                 try:
-                    cluster.ensure_running()
-                finally:
+                    timeline.load_started = time.monotonic()
                     for thread in threads:
-                        thread.join(config.request_timeout + 5)
-                    timeline.load_ended = time.monotonic()
-            lost, phantom = _check_writes(database_url, recorder)
-            logs = auth.log_text() + users.log_text()
+                        thread.start()
+                    time.sleep(config.warmup)
+                    log(f"  t={time.monotonic() - timeline.load_started:5.1f} s  stopping PostgreSQL")
+                    timeline.stop_begun = time.monotonic()
+                    cluster.stop()
+                    timeline.stopped = time.monotonic()
+                    time.sleep(config.outage_seconds)
+                    log(f"  t={time.monotonic() - timeline.load_started:5.1f} s  starting PostgreSQL")
+                    timeline.start_begun = time.monotonic()
+                    with _first_moment_up(cluster) as first_up:
+                        cluster.start()
+                        if not cluster.wait_up(60):
+                            raise RuntimeError("PostgreSQL did not come back within 60 s")
+                        timeline.start_returned = time.monotonic()
+                    timeline.up = first_up[0] if first_up else timeline.start_returned
+                    log(
+                        f"  t={timeline.start_returned - timeline.load_started:5.1f} s  PostgreSQL started "
+                        f"(accepting connections since t={timeline.up - timeline.load_started:.1f} s)"
+                    )
+                    remaining = config.duration - (time.monotonic() - timeline.load_started)
+                    time.sleep(max(remaining, config.recovery_limit + 2))
+                finally:
+                    stop.set()
+                    try:
+                        # Up again whatever happened, so the writes can be checked and the database dropped.
+                        cluster.ensure_running()
+                    finally:
+                        for thread in threads:
+                            thread.join(config.request_timeout + 5)
+                        timeline.load_ended = time.monotonic()
+                lost, phantom = _check_writes(database_url, recorder)
+                logs = auth.log_text() + users.log_text()
     result = OutageResult(
         config=config,
         timeline=timeline,
@@ -550,7 +422,6 @@ def run_outage(config: OutageConfig, *, log: Callable[[str], None] = print) -> O
         lost_writes=lost,
         phantom_writes=phantom,
         recovery=_recovery(recorder.samples, timeline),
-        other_clients=others,
         log_unhandled=[line for line in logs.splitlines() if any(marker in line for marker in UNHANDLED_MARKERS)],
         log_dir=log_dir,
     )
@@ -559,7 +430,7 @@ def run_outage(config: OutageConfig, *, log: Callable[[str], None] = print) -> O
 
 
 @contextmanager
-def _first_moment_up(cluster: Cluster) -> Iterator[list[float]]:
+def _first_moment_up(cluster: OwnCluster) -> Iterator[list[float]]:
     """Polls pg_isready while the cluster starts: 'back' is when it first accepts connections,
     which can be well before `pg_ctlcluster start` returns on a busy machine."""
     moments: list[float] = []
@@ -750,8 +621,6 @@ def format_report(result: OutageResult) -> str:
         f"unhandled exceptions in the service logs: {len(result.log_unhandled)} (logs: {result.log_dir})",
         *[f"    {line[:240]}" for line in result.log_unhandled[:3]],
     ]
-    if result.other_clients:
-        lines.append(f"other PostgreSQL clients during the run: {len(result.other_clients)}")
     lines.append("")
     if result.ok:
         lines.append("RESULT: PASS - every rule held")
@@ -770,14 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--request-timeout", type=float, default=15.0, help="client timeout = longest allowed answer (15)"
     )
-    parser.add_argument(
-        "--quiet-timeout", type=float, default=60.0, help="wait this long for other clients to leave (60)"
-    )
-    parser.add_argument(
-        "--require-quiet", action="store_true", help="give up (exit 2) rather than stop PostgreSQL under other clients"
-    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per service (2)")
-    parser.add_argument("--keep-database", action="store_true", help="do not drop the database afterwards")
     args = parser.parse_args(argv)
     config = OutageConfig(
         outage_seconds=args.outage_seconds,
@@ -785,10 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         recovery_limit=args.recovery_limit,
         request_timeout=args.request_timeout,
-        quiet_timeout=args.quiet_timeout,
-        require_quiet=args.require_quiet,
         workers=args.workers,
-        keep_database=args.keep_database,
     )
 
     def terminate(signum: int, _frame: object) -> None:

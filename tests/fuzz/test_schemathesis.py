@@ -133,5 +133,8 @@ def test_users_service_with_admin_token(case: schemathesis.Case, fuzz_stack: Fuz
 
 def test_fuzzing_left_no_trace_in_logs(fuzz_stack: FuzzStack) -> None:
     """Runs after the fuzzers (file order): no stack trace, and no worker killed by a timeout."""
+    # Every worker's lines written up to now, or a trace from the last cases could still be on its way.
+    for process in (fuzz_stack.auth, fuzz_stack.users):
+        process.wait_until_logged()
     unhandled = unhandled_lines(fuzz_stack.auth, fuzz_stack.users)
     assert not unhandled, unhandled[:5]

@@ -6,6 +6,8 @@ raw psycopg2 from a pool: the same work `GET /users/me` must do, with no ORM, no
 Served by `make bench` with deploy/gunicorn.conf.py, like the services; configured from the same variables.
 """
 
+import asyncio
+import logging
 import os
 from contextlib import asynccontextmanager
 
@@ -13,6 +15,8 @@ import anyio
 import jwt
 from fastapi import FastAPI, Header, HTTPException
 from psycopg2.pool import ThreadedConnectionPool
+
+logger = logging.getLogger("reference_app")
 
 SELECT_USER = (
     "SELECT id, username, email, full_name, is_active, is_admin, created_at, token_version FROM users WHERE id = %s"
@@ -37,6 +41,9 @@ def create_app() -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = pool_size
+        # The services' line, so the bench can show that all three run on the same event loop.
+        loop = type(asyncio.get_running_loop())
+        logger.info("worker started", extra={"fields": {"event_loop": f"{loop.__module__}.{loop.__qualname__}"}})
         # minconn = maxconn: psycopg2's pool closes any connection given back beyond `minconn`.
         state["pool"] = ThreadedConnectionPool(pool_size, pool_size, libpq_dsn(database_url))
         yield

@@ -7,10 +7,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.settings import Settings
-from shared.testing import database_url, settings_for_tests  # noqa: F401  (fixture)
+from shared.testing import database_url, own_postgres_database, settings_for_tests  # noqa: F401  (fixtures)
 from shared.tokens import AccessTokenIssuer
 from users_service.app import create_app
-from users_service.tests.support import ADMIN_PASSWORD, Account, stored_user, unique_username
+from users_service.tests.support import ADMIN_PASSWORD, Account, add_session, stored_user, unique_username
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +87,17 @@ def current_token(client: TestClient, issuer: AccessTokenIssuer) -> Callable[[in
         return issuer.issue(user_id=user_id, token_version=user.token_version).token
 
     return mint
+
+
+@pytest.fixture
+def start_session(client: TestClient, issuer: AccessTokenIssuer) -> Callable[[int], tuple[str, str]]:
+    """A login as the auth service makes one: a live session row, and an access token carrying its `sid` and the
+    user's token version as stored. Returns (session id, token)."""
+
+    def start(user_id: int) -> tuple[str, str]:
+        user = stored_user(client, user_id)
+        assert user is not None
+        session_id = add_session(client, user_id)
+        return session_id, issuer.issue(user_id=user_id, token_version=user.token_version, session_id=session_id).token
+
+    return start

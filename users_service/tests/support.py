@@ -1,18 +1,19 @@
 """What the users service's tests share besides fixtures: accounts, response-shape checks, reads of the users table."""
 
 import secrets
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from sqlalchemy import func, select
 
-from shared.models import RefreshToken, User
+from shared.models import RefreshToken, User, UserSession
 
 # The bootstrap admin's password in the suite's settings.
 ADMIN_PASSWORD = "admin password 1"
-PUBLIC_USER_FIELDS = {"id", "username", "email", "full_name", "is_active", "is_admin", "created_at"}
+PUBLIC_USER_FIELDS = {"id", "username", "email", "full_name", "is_active", "is_admin", "email_verified", "created_at"}
 
 
 @dataclass
@@ -89,12 +90,37 @@ def count_users(client: TestClient) -> int:
         return session.scalar(select(func.count()).select_from(User))
 
 
-def add_refresh_token(client: TestClient, user_id: int, *, expires_at: datetime) -> int:
-    """A live refresh token row, as the auth service would have stored it after a login."""
+def add_session(client: TestClient, user_id: int, *, expires_at: datetime | None = None) -> str:
+    """A live session row, as the auth service stores it at a login; its id is the `sid` of the login's tokens."""
+    now = datetime.now(UTC)
+    with client.app.state.session_factory() as session:
+        row = UserSession(
+            id=str(uuid.uuid4()),
+            user_id=user_id,
+            created_at=now,
+            last_used_at=now,
+            expires_at=expires_at or now + timedelta(days=1),
+            user_agent="pytest",
+            ip_address="127.0.0.1",
+        )
+        session.add(row)
+        session.commit()
+        return row.id
+
+
+def stored_session(client: TestClient, session_id: str) -> UserSession | None:
+    with client.app.state.session_factory() as session:
+        return session.get(UserSession, session_id)
+
+
+def add_refresh_token(client: TestClient, user_id: int, *, expires_at: datetime, session_id: str | None = None) -> int:
+    """A live refresh token row, as the auth service would have stored it after a login (in a new session unless
+    `session_id` names one)."""
+    family_id = session_id or add_session(client, user_id, expires_at=expires_at)
     with client.app.state.session_factory() as session:
         row = RefreshToken(
             token_hash=secrets.token_hex(32),
-            family_id=secrets.token_hex(16),
+            family_id=family_id,
             user_id=user_id,
             expires_at=expires_at,
         )

@@ -25,3 +25,18 @@ def test_the_docs_page_and_its_assets_are_served_locally(client: TestClient) -> 
     for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
         assert asset in page.text
         assert client.get(asset).status_code == 200
+
+
+def test_the_docs_authorize_offers_password_and_client_credentials_at_the_auth_service(database_url: str) -> None:
+    settings = settings_for_tests(database_url, auth_public_url=AUTH_PUBLIC_URL)
+    with TestClient(create_app(settings)) as client:
+        schema = client.get("/openapi.json").json()
+
+    schemes = list(schema["components"]["securitySchemes"].values())
+    assert len(schemes) == 1 and schemes[0]["type"] == "oauth2"
+    flows = schemes[0]["flows"]
+    assert set(flows) == {"password", "clientCredentials"}
+    assert {flow["tokenUrl"] for flow in flows.values()} == {"https://auth.example.test/token"}
+    assert set(flows["clientCredentials"]["scopes"]) == {"users:read", "users:write"}
+    key_routes = [schema["paths"]["/users/me/api-keys"]["post"], schema["paths"]["/users/{user_id}/api-keys"]["get"]]
+    assert all(route["security"] == [{"AuthService": []}] for route in key_routes)

@@ -3,6 +3,7 @@
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,8 @@ class JwksServer:
     def __init__(self, jwks: dict) -> None:
         self.jwks = jwks
         self.fetches = 0
+        # Seconds each answer takes: an auth service that is slow to answer.
+        self.delay = 0.0
 
     def __enter__(self) -> "JwksServer":
         server = self
@@ -36,6 +39,7 @@ class JwksServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802  (the http.server name)
                 server.fetches += 1
+                time.sleep(server.delay)
                 body = json.dumps(server.jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

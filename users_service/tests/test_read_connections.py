@@ -6,6 +6,7 @@ A pool of one connection, so the read and the session after it are sure to share
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,10 @@ def one_connection_app(settings: Settings) -> Iterator[FastAPI]:
 
 # Every column with a Python-side default given a value; SQLAlchemy would add a RETURNING of the id by itself.
 NEW_USER_ROW = USERS.insert().values(
-    {name: bindparam(name) for name in ("username", "password_hash", "is_active", "is_admin", "token_version")}
+    {
+        name: bindparam(name)
+        for name in ("username", "password_hash", "is_active", "is_admin", "token_version", "email_verified")
+    }
     | {"created_at": bindparam("now"), "updated_at": bindparam("now")}
 )
 NEW_USER = NEW_USER_ROW.returning(USERS.c.id)
@@ -48,6 +52,7 @@ def new_user_values(username: str) -> dict[str, object]:
         "is_active": True,
         "is_admin": False,
         "token_version": 0,
+        "email_verified": False,
         "now": datetime.now(UTC),
     }
 
@@ -232,19 +237,67 @@ def test_run_statement_refuses_statements_rendered_anew_for_each_execution(one_c
         read(one_connection_app, lambda *, connection: run_statement(connection, expanding))
 
 
-@pytest.mark.parametrize("pre_ping", [True, False])
-def test_the_pre_ping_replaces_a_pooled_connection_the_server_closed(settings: Settings, pre_ping: bool) -> None:
+def one_connection_app_with(settings: Settings, **pool: object) -> FastAPI:
+    return create_app(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, **pool}))
+
+
+@pytest.mark.parametrize("idle_seconds", [0.0, 1.0, 60.0])
+def test_the_pre_ping_replaces_a_pooled_connection_the_server_closed(settings: Settings, idle_seconds: float) -> None:
+    """Within its idle window a connection goes without the ping's round trip, but not once the server has closed it:
+    the server's notice that it ends the connection is there to read."""
     if settings.database_url.startswith("sqlite"):
         pytest.skip("a PostgreSQL matter")
-    app = create_app(
-        settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_pre_ping": pre_ping})
-    )
+    app = one_connection_app_with(settings, db_pool_pre_ping=True, db_pool_pre_ping_idle_seconds=idle_seconds)
+    try:
+        dead = read(app, backend_pid)
+        terminate_backends(dead)
+        assert read(app, backend_pid) != dead
+    finally:
+        app.state.engine.dispose()
+
+
+def test_without_the_pre_ping_a_closed_connection_fails_one_request(settings: Settings) -> None:
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL matter")
+    app = one_connection_app_with(settings, db_pool_pre_ping=False)
     try:
         terminate_backends(read(app, backend_pid))
-        if pre_ping:
-            assert read(app, backend_pid)
-        else:
-            with pytest.raises(OperationalError):
-                read(app, backend_pid)
+        with pytest.raises(OperationalError):
+            read(app, backend_pid)
+        assert read(app, backend_pid)
+    finally:
+        app.state.engine.dispose()
+
+
+def counted_pings(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The connections the engine's pre-ping sends `SELECT 1` on from now on (the real ping still runs)."""
+    pinged: list[object] = []
+    dialect = app.state.engine.dialect
+    ping = dialect.do_ping
+
+    def counting_ping(dbapi_connection: object) -> bool:
+        pinged.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_ping", counting_ping)
+    return pinged
+
+
+@pytest.mark.parametrize(
+    ("idle_seconds", "rest_seconds", "pings"), [(60.0, 0.0, 0), (0.2, 0.3, 1), (0.0, 0.0, 1)], ids=str
+)
+def test_the_pre_ping_round_trip_goes_only_to_a_connection_that_rested(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, idle_seconds: float, rest_seconds: float, pings: int
+) -> None:
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL matter")
+    app = one_connection_app_with(settings, db_pool_pre_ping=True, db_pool_pre_ping_idle_seconds=idle_seconds)
+    try:
+        # Opened by this read: a new connection is never pinged.
+        first = read(app, backend_pid)
+        pinged = counted_pings(app, monkeypatch)
+        time.sleep(rest_seconds)
+        assert read(app, backend_pid) == first
+        assert len(pinged) == pings
     finally:
         app.state.engine.dispose()

@@ -34,6 +34,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sessions")),
     )
     op.create_index(op.f("ix_sessions_user_id"), "sessions", ["user_id"], unique=False)
+    op.create_index(op.f("ix_sessions_expires_at"), "sessions", ["expires_at"], unique=False)
+    op.create_index(op.f("ix_sessions_ended_at"), "sessions", ["ended_at"], unique=False)
     # A session for each family logged in before this migration: ended if any of its tokens was revoked.
     op.execute(
         """
@@ -47,6 +49,7 @@ def upgrade() -> None:
         batch.create_foreign_key(
             op.f("fk_refresh_tokens_family_id_sessions"), "sessions", ["family_id"], ["id"], ondelete="CASCADE"
         )
+    op.create_index(op.f("ix_refresh_tokens_expires_at"), "refresh_tokens", ["expires_at"], unique=False)
     op.create_table(
         "api_keys",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -85,6 +88,7 @@ def upgrade() -> None:
         ["user_id", "purpose", "created_at"],
         unique=False,
     )
+    op.create_index(op.f("ix_one_time_tokens_expires_at"), "one_time_tokens", ["expires_at"], unique=False)
     op.create_table(
         "outbox_emails",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -108,12 +112,16 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_outbox_emails_next_attempt_at"), table_name="outbox_emails")
     op.drop_table("outbox_emails")
+    op.drop_index(op.f("ix_one_time_tokens_expires_at"), table_name="one_time_tokens")
     op.drop_index("ix_one_time_tokens_user_id_purpose_created_at", table_name="one_time_tokens")
     op.drop_table("one_time_tokens")
     op.drop_index(op.f("ix_api_keys_user_id"), table_name="api_keys")
     op.drop_table("api_keys")
     with op.batch_alter_table("refresh_tokens") as batch:
         batch.drop_constraint(op.f("fk_refresh_tokens_family_id_sessions"), type_="foreignkey")
+    op.drop_index(op.f("ix_refresh_tokens_expires_at"), table_name="refresh_tokens")
+    op.drop_index(op.f("ix_sessions_ended_at"), table_name="sessions")
+    op.drop_index(op.f("ix_sessions_expires_at"), table_name="sessions")
     op.drop_index(op.f("ix_sessions_user_id"), table_name="sessions")
     op.drop_table("sessions")
     with op.batch_alter_table("login_failures") as batch:

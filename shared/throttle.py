@@ -1,0 +1,280 @@
+"""Throttling of failed attempts per key (a username, a client id) and per client address, counted in the database.
+
+Kept in the database so every worker of both services and every replica sees the same counts. Only failures
+count against the limits. An attempt is recorded as *pending* before its secret is checked, and waits while the
+failures plus the pending attempts ahead of it (smaller id, same key or address) reach a limit: at most
+`limit - failures` secrets of one key or address are checked at once, so parallel wrong guesses never get more
+than the limit checked, while right ones only wait for each other, never refuse each other. A wrong secret turns
+its row into a failure; a right one deletes it (`clear_failures`).
+
+Every statement commits on its own (`run_statement`): no transaction is held while a secret is hashed.
+"""
+
+import contextlib
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
+
+from shared.database import run_statement
+from shared.errors import ApiError
+from shared.models import LoginFailure, as_utc
+from shared.passwords import PasswordHashingBusy
+from shared.settings import Settings
+
+# A pending row older than this belongs to a process that died mid-check: it counts as a failure. Longer than any
+# request lives (the worker timeout), so no live attempt is ever counted as one.
+PENDING_ATTEMPT_LIFETIME = timedelta(seconds=120)
+# Pauses between the counts of an attempt that waits for those ahead of it: short first, as a check takes tens of ms.
+FIRST_PAUSE_SECONDS = 0.01
+LONGEST_PAUSE_SECONDS = 0.1
+
+
+class Throttled(Exception):
+    """Too many failures for the key or the address in the window: answer 429 with Retry-After."""
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(retry_after_seconds)
+        self.retry_after_seconds = retry_after_seconds
+
+    def api_error(self, detail: str, *, headers: dict[str, str] | None = None) -> ApiError:
+        """The 429 every throttled flow answers with: `too_many_attempts` and when to try again."""
+        return ApiError(
+            429,
+            detail,
+            error="too_many_attempts",
+            headers={"Retry-After": str(self.retry_after_seconds), **(headers or {})},
+        )
+
+
+class AttemptsAheadBusy(PasswordHashingBusy):
+    """The attempts ahead of this one were not decided within the wait: a 503 with Retry-After, like a full hash
+    queue, and nothing counted (its secret was never checked)."""
+
+
+@dataclass(frozen=True)
+class ThrottleLimits:
+    per_key: int
+    per_address: int
+    window_seconds: int
+    # How long an attempt waits for the attempts ahead of it before it gives up (AttemptsAheadBusy).
+    wait_seconds: float
+
+
+def login_limits(settings: Settings) -> ThrottleLimits:
+    """Password logins (POST /token, and current_password in PATCH /users/...): per username and per address."""
+    return ThrottleLimits(
+        per_key=settings.login_max_failures_per_username,
+        per_address=settings.login_max_failures_per_address,
+        window_seconds=settings.login_failure_window_seconds,
+        wait_seconds=settings.password_hash_queue_timeout_seconds,
+    )
+
+
+def throttle_key_for_username(username: str) -> str:
+    """The stored key: the lower-cased name, or a digest for anything that could not be a username.
+
+    A digest keeps NUL bytes, over-long input and the like out of the table while still counting them.
+    """
+    lowered = username.lower()
+    if len(lowered) <= 64 and lowered.isascii() and lowered.isprintable():
+        return lowered
+    return "#" + hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+ATTEMPTS = LoginFailure.__table__
+_ATTEMPT_COLUMNS = ["username", "address", "occurred_at", "pending"]
+_NEW_ATTEMPT = select(
+    bindparam("throttle_key", type_=String),
+    bindparam("address", type_=String),
+    bindparam("now", type_=DateTime(timezone=True)),
+    true(),
+)
+# Advisory locks on the key and on the address, held by the insert's own one-statement transaction until its commit:
+# attempts of one key (or address) then commit in the order of their ids, so an attempt's counts, run after its
+# insert committed, see every attempt with a smaller id. Without it a smaller id could commit later, unseen, and both
+# be let through. The key first, then the address, in two lock spaces: no two inserts wait for each other in a cycle.
+_KEY_LOCKED = select(
+    func.pg_advisory_xact_lock(literal(1, Integer), func.hashtext(bindparam("throttle_key", type_=String))).label("k")
+).cte("key_locked")
+_ADDRESS_LOCKED = (
+    select(
+        func.pg_advisory_xact_lock(literal(2, Integer), func.hashtext(bindparam("address", type_=String))).label("a")
+    )
+    .select_from(_KEY_LOCKED)
+    .cte("address_locked")
+)
+RECORD_ATTEMPT_IN_ORDER = (
+    insert(ATTEMPTS).from_select(_ATTEMPT_COLUMNS, _NEW_ATTEMPT.select_from(_ADDRESS_LOCKED)).returning(ATTEMPTS.c.id)
+)
+# SQLite (`make run`) has one writer at a time: ids are handed out in commit order already.
+RECORD_ATTEMPT = insert(ATTEMPTS).from_select(_ATTEMPT_COLUMNS, _NEW_ATTEMPT).returning(ATTEMPTS.c.id)
+
+BY_KEY = ATTEMPTS.c.username == bindparam("throttle_key")
+BY_ADDRESS = ATTEMPTS.c.address == bindparam("address")
+IS_FAILURE = or_(ATTEMPTS.c.pending.is_(False), ATTEMPTS.c.occurred_at <= bindparam("stale_before"))
+IS_AHEAD = and_(
+    ATTEMPTS.c.pending.is_(True),
+    ATTEMPTS.c.occurred_at > bindparam("stale_before"),
+    ATTEMPTS.c.id < bindparam("attempt_id"),
+)
+IN_WINDOW = and_(ATTEMPTS.c.occurred_at > bindparam("window_start"), ATTEMPTS.c.id != bindparam("attempt_id"))
+
+
+def _count(*conditions: object):  # noqa: ANN202
+    return select(func.count()).select_from(ATTEMPTS).where(IN_WINDOW, *conditions).scalar_subquery()
+
+
+# All four counts in one round trip.
+ATTEMPT_COUNTS = select(
+    _count(BY_KEY, IS_FAILURE).label("key_failures"),
+    _count(BY_KEY, IS_AHEAD).label("key_ahead"),
+    _count(BY_ADDRESS, IS_FAILURE).label("address_failures"),
+    _count(BY_ADDRESS, IS_AHEAD).label("address_ahead"),
+)
+
+
+def _blocking_failure(condition: object, offset_name: str):  # noqa: ANN202
+    """The time of the limit-th most recent failure matching `condition` in the window, NULL while there are fewer:
+    the count drops below the limit when that one leaves the window. Bind `offset_name` to limit - 1."""
+    return (
+        select(ATTEMPTS.c.occurred_at)
+        .where(condition, IS_FAILURE, IN_WINDOW)
+        .order_by(ATTEMPTS.c.occurred_at.desc())
+        .offset(bindparam(offset_name))
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+BLOCKING_FAILURES = select(
+    _blocking_failure(BY_KEY, "key_offset").label("by_key"),
+    _blocking_failure(BY_ADDRESS, "address_offset").label("by_address"),
+)
+RECORD_FAILURE = update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("attempt_id")).values(pending=False)
+FORGET_ATTEMPT = delete(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("attempt_id"))
+FORGET_ATTEMPTS_OUTSIDE_WINDOW = delete(ATTEMPTS).where(ATTEMPTS.c.occurred_at <= bindparam("window_start"))
+# Other attempts' pending rows stay: a parallel attempt still being checked must still count if it fails.
+CLEAR_FAILURES = delete(ATTEMPTS).where(BY_KEY, BY_ADDRESS, or_(IS_FAILURE, ATTEMPTS.c.id == bindparam("attempt_id")))
+
+
+def begin_attempt(*, connection: Connection, limits: ThrottleLimits, key: str, address: str, now: datetime) -> int:
+    """Records a pending attempt, waits for its turn, and returns its id once its secret may be checked.
+
+    Past either limit (failures only) the attempt is forgotten and Throttled is raised; throttled attempts do not
+    extend the lockout. While failures plus the pending attempts ahead of it reach a limit, it waits for those to
+    be decided, up to `limits.wait_seconds` (then AttemptsAheadBusy). The caller then ends the attempt with
+    `record_failure`, `clear_failures` (success) or `forget_attempt` (not checked after all).
+    """
+    window = timedelta(seconds=limits.window_seconds)
+    # Old rows are useless to every check; trimming them here keeps the table the size of one window. First, so that
+    # a trim that fails (a 503) leaves no attempt recorded whose secret was never checked.
+    run_statement(connection, FORGET_ATTEMPTS_OUTSIDE_WINDOW, {"window_start": now - window})
+    record = RECORD_ATTEMPT_IN_ORDER if connection.dialect.name == "postgresql" else RECORD_ATTEMPT
+    attempt_id = run_statement(connection, record, {"throttle_key": key, "address": address, "now": now})[0].id
+    try:
+        _wait_for_turn(connection=connection, limits=limits, key=key, address=address, now=now, attempt_id=attempt_id)
+    except BaseException:
+        # Throttled, given up, or the database failed: this attempt checked no secret and must not count.
+        with contextlib.suppress(DBAPIError):
+            forget_attempt(connection=connection, attempt_id=attempt_id)
+        raise
+    return attempt_id
+
+
+def _wait_for_turn(
+    *, connection: Connection, limits: ThrottleLimits, key: str, address: str, now: datetime, attempt_id: int
+) -> None:
+    window = timedelta(seconds=limits.window_seconds)
+    started = time.monotonic()
+    pause = FIRST_PAUSE_SECONDS
+    while True:
+        moment = now + timedelta(seconds=time.monotonic() - started)
+        parameters = {
+            "throttle_key": key,
+            "address": address,
+            "attempt_id": attempt_id,
+            "window_start": moment - window,
+            "stale_before": moment - PENDING_ATTEMPT_LIFETIME,
+        }
+        counts = run_statement(connection, ATTEMPT_COUNTS, parameters)[0]
+        if counts.key_failures >= limits.per_key or counts.address_failures >= limits.per_address:
+            raise Throttled(_retry_after(connection=connection, limits=limits, parameters=parameters, now=moment))
+        if (
+            counts.key_failures + counts.key_ahead < limits.per_key
+            and counts.address_failures + counts.address_ahead < limits.per_address
+        ):
+            return
+        if time.monotonic() - started + pause > limits.wait_seconds:
+            raise AttemptsAheadBusy
+        time.sleep(pause)
+        pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
+
+
+def _retry_after(*, connection: Connection, limits: ThrottleLimits, parameters: dict, now: datetime) -> int:
+    window = timedelta(seconds=limits.window_seconds)
+    blocking = run_statement(
+        connection,
+        BLOCKING_FAILURES,
+        {**parameters, "key_offset": limits.per_key - 1, "address_offset": limits.per_address - 1},
+    )[0]
+    seconds = [
+        math.ceil((as_utc(occurred_at) + window - now).total_seconds()) for occurred_at in blocking if occurred_at
+    ]
+    return max([1, *seconds])
+
+
+def record_failure(*, connection: Connection, attempt_id: int) -> None:
+    """The secret was wrong: the pending attempt becomes a failure, counted for the window."""
+    run_statement(connection, RECORD_FAILURE, {"attempt_id": attempt_id})
+
+
+def forget_attempt(*, connection: Connection, attempt_id: int) -> None:
+    """Deletes an attempt whose secret was never checked (or was right), so that it counts as no failure."""
+    run_statement(connection, FORGET_ATTEMPT, {"attempt_id": attempt_id})
+
+
+def clear_failures(*, connection: Connection, key: str, address: str, attempt_id: int, now: datetime) -> None:
+    """After a success: forget this attempt and the key's failures from this address only.
+
+    Failures from other addresses still count, so a success by the owner does not give an attacker elsewhere a
+    fresh set of guesses; other attempts still pending stay, so those that fail still count.
+    """
+    run_statement(
+        connection,
+        CLEAR_FAILURES,
+        {
+            "throttle_key": key,
+            "address": address,
+            "attempt_id": attempt_id,
+            "stale_before": now - PENDING_ATTEMPT_LIFETIME,
+        },
+    )
+
+
+def begin_login_attempt(
+    *, connection: Connection, settings: Settings, username_key: str, address: str, now: datetime
+) -> int:
+    """`begin_attempt` for a password login of `username_key` (`throttle_key_for_username`) from `address`."""
+    return begin_attempt(
+        connection=connection, limits=login_limits(settings), key=username_key, address=address, now=now
+    )
