@@ -205,17 +205,12 @@ def store_new_session(
     return True
 
 
-# The refresh grant's statements, built once: built per request (and run through the ORM), they cost a refresh
-# more Python time than everything else it does (py-spy: SQLAlchemy 60 % of the worker's time, 6.8 ms a refresh).
+# The refresh grant's statements, built once at import: built per request (and run through the ORM), they cost
+# more than the rest of the grant (docs/performance.md, "Where the reads' time goes").
 REFRESH_TOKEN_IS_PRESENTED = REFRESH_TOKENS.c.token_hash == bindparam("presented_hash")
 # Steps 1 and 2 of the lock order (shared/revocation.py) in one statement: the user's row, then the session's
-# (PostgreSQL locks the rows of a join in the order of its FROM list), before any refresh token is touched.
-# Exclusive (FOR NO KEY UPDATE, which leaves the foreign-key checks of other inserts alone): the refreshes of one
-# user queue here, so racers presenting one token, or old tokens of one family replayed at once, run one after
-# the other, and a password change, deactivation or `/revoke` either waits for this refresh or is seen by it. On
-# PostgreSQL the lock lasts until the commit, so the user read here is the user the new tokens are issued for.
-# (SQLite, `make run`, locks nothing and reads it outside the write transaction; the conditional insert of the
-# new token still refuses a user changed meanwhile.)
+# (a join locks in FROM order). FOR NO KEY UPDATE queues one user's refreshes here yet leaves other inserts'
+# foreign-key checks alone (docs/architecture.md#lock-order; SQLite, `make run`, locks nothing).
 USER_AND_SESSION_OF_PRESENTED_TOKEN = (
     select(USERS.c.id, USERS.c.is_active, USERS.c.token_version, SESSIONS.c.id.label("session_id"))
     .select_from(USERS.join(SESSIONS, SESSIONS.c.user_id == USERS.c.id))

@@ -252,7 +252,7 @@ umask 022
 compose down -v --remove-orphans --timeout 40 >/dev/null 2>&1 || true
 psql -q "$pg_admin_url/postgres" -c "DROP DATABASE IF EXISTS $ci_database WITH (FORCE)" -c "CREATE DATABASE $ci_database"
 stack_up=true
-# The README's Neon procedure: `db` is not started, migrate runs first, then auth and users.
+# docs/operations.md#with-neon-instead-of-the-local-db: `db` is not started, migrate runs first, then auth and users.
 compose up --no-deps --no-build --wait migrate auth users
 compose ps -a
 

@@ -18,10 +18,10 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
 # Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new connections over them.
 # With one shared socket the workers race to accept, and a few long-lived connections (a proxy's keep-alive
-# pool, a load generator) can all land on one worker: seen here, 32 of 32 on one of two, half the throughput.
+# pool, a load generator) can all land on one worker while the others idle.
 # The price: connections still queued on a worker's socket when it exits (a reload, GUNICORN_MAX_REQUESTS, a
 # timeout) are reset, unless the kernel hands them to another worker (net.ipv4.tcp_migrate_req=1, Linux 5.14+).
-# README: "Workers and sockets".
+# docs/operations.md#workers-and-sockets.
 reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "true").lower() in ("1", "true", "yes", "on")
 # Restart workers now and then so slow leaks cannot grow without bound; jitter avoids all restarting at once.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))

@@ -90,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.__cause__ is not None:
-            # FastAPI answers 400 when its body parser raises (too deeply nested JSON, say); the contract says 422.
+            # FastAPI answers 400 when its body parser raises (too deeply nested JSON, say); docs/api.md says 422.
             return error_response(422, [{"loc": ["body"], "msg": "Malformed body", "type": "body_unparsable"}])
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:

@@ -26,7 +26,7 @@ OWNER_COLUMN = "credential_owner"
 _NOW = bindparam("credential_now", type_=DateTime(timezone=True))
 # Uncorrelated subqueries that name the live credential's owner (NULL when it ended, expired or is unknown): the
 # caller's check compares it with the token's user. Uncorrelated, as a correlated `EXISTS (... AND user_id =
-# users.id)` costs the server more planning on every request (measured: see the sessions docs).
+# users.id)` costs the server more planning on every request (docs/architecture.md, "What ends what").
 LIVE_SESSION_OWNER = (
     select(SESSIONS.c.user_id)
     .where(

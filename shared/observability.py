@@ -173,7 +173,7 @@ def configure_logging(level: str = "INFO") -> None:
         previous_writer.stop()
     root.setLevel(level.upper())
     # The JSON lines name no thread, process or source line: spare every record finding them out (the
-    # logging HOWTO's "Optimization"; about 2 us a line).
+    # logging HOWTO's "Optimization").
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None
     for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):
@@ -264,7 +264,7 @@ def _request_id_from(scope: Scope) -> str:
                 return candidate
             break
     # Not secret, only unique: the seeded Mersenne Twister (reseeded in each forked worker) instead of
-    # os.urandom, whose system call cost 5-7 us a request here.
+    # os.urandom, a system call per request.
     return f"{random.getrandbits(128):032x}"
 
 

@@ -18,7 +18,7 @@ PASSWORD_RESET = "password_reset"
 EMAIL_VERIFICATION = "email_verification"
 # 256 random bits, URL-safe, so a token fits in a link as it is.
 TOKEN_BYTES = 32
-# At most one mail of a purpose per user in this many seconds (the contract's 60 s).
+# At most one mail of a purpose per user in this many seconds (60 s, as the API reference, docs/api.md, says).
 RESEND_INTERVAL_SECONDS = 60
 
 TOKENS = OneTimeToken.__table__

@@ -26,7 +26,7 @@ class PasswordHasher:
 
     Only those threads ever hold an Argon2 buffer. glibc keeps a freed buffer in the malloc arena of the thread
     that used it, so hashing on the request threads themselves left one buffer per request thread in memory
-    (`make bench`: over 300 MiB per worker after a login storm with 10 threads; on its own threads, about 130).
+    (docs/performance.md, "Logins and hashing").
     """
 
     def __init__(self, settings: Settings, *, settings_in_use: Callable[[], Iterable[str]] | None = None) -> None:

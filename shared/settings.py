@@ -145,7 +145,7 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=65_536, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # FastAPI runs `def` endpoints in a thread pool; it must not exceed the DB pool (see README).
+    # FastAPI runs `def` endpoints in a thread pool; it must not exceed the DB pool (docs/architecture.md).
     threadpool_size: int | None = Field(default=None, ge=1)
 
     _split = field_validator("jwt_previous_key_files", "trusted_proxies", "cors_origins", mode="before")(

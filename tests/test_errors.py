@@ -1,4 +1,4 @@
-"""End to end: the contract's error rules on both services, over real HTTP."""
+"""End to end: the error rules of the API reference (docs/api.md) on both services, over real HTTP."""
 
 import json
 import secrets
@@ -60,7 +60,7 @@ def test_bad_json_is_422(urls: dict[str, str], body: bytes) -> None:
 
 
 def test_json_endpoint_refuses_other_content_type_with_422(urls: dict[str, str]) -> None:
-    # 422, the code the README documents for a JSON endpoint sent another content type.
+    # 422: of the 415 or 422 docs/api.md#errors allows for a JSON endpoint sent another content type, the one used.
     response = requests.post(
         urls["users"],
         data=b'{"username": "someone", "password": "password123"}',

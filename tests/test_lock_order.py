@@ -1,5 +1,5 @@
 """End to end: every writer of a user's sessions and refresh tokens, in both services, takes the user's row first
-(the lock order of shared/revocation.py), so racing them never deadlocks: each answers its contract code."""
+(the lock order of shared/revocation.py), so racing them never deadlocks: each answers a code docs/api.md allows."""
 
 import random
 import threading
@@ -43,7 +43,7 @@ def sid_of(pair: dict) -> str:
 
 
 def writers(api: Api, race: Race) -> dict[str, tuple[Callable[[], requests.Response], set[int]]]:
-    """Each path that writes the user's sessions or refresh tokens, and the codes the contract allows it whatever
+    """Each path that writes the user's sessions or refresh tokens, and the codes docs/api.md allows it whatever
     ran before it (a session ended, the password changed, the user deactivated or deleted)."""
     auth, users = api.stack.auth_url, api.stack.users_url
     account = race.account
@@ -123,7 +123,7 @@ def join_all(threads: list[threading.Thread]) -> None:
 
 
 def assert_contract_codes(paths: dict, statuses: dict[str, int]) -> None:
-    """Every request answered, each with a code its contract allows: a deadlock would be a 503 (or a 500)."""
+    """Every request answered, each with a code docs/api.md allows it: a deadlock would be a 503 (or a 500)."""
     wrong = {name: statuses.get(name) for name, (_, allowed) in paths.items() if statuses.get(name) not in allowed}
     assert not wrong, f"answers outside the contract: {wrong}; all: {statuses}"
 

@@ -20,7 +20,7 @@ from users_service.deps import Claims, refuse_key_token, require_scope
 from users_service.listing import check_paging
 from users_service.schemas import UserCreate, UserPage, UserPublic, UserUpdate, UserUpdateMe
 
-# Requests are matched against the routes in order, each route tried costing about 2 us: the reads clients
+# Requests are matched against the routes in order and each route tried costs time: the reads clients
 # call most come first. Each `/me` route must come before its `/{user_id}` twin, which would match "me" too.
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -1,4 +1,4 @@
-"""The `browser` marker: tests that drive a real Chromium (see test_docs_in_browser.py and BROWSER.md)."""
+"""The `browser` marker: tests that drive a real Chromium (test_docs_in_browser.py; docs/testing.md)."""
 
 import pytest
 

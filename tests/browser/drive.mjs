@@ -204,7 +204,7 @@ try {
     usernameOnPage: (() => { try { return JSON.parse(bodyText).username; } catch { return null; } })(),
     screenshot: await shot("04-users-me-200.png"),
   };
-  // The README's picture: the operation from its summary line down to the live 200 response, in page
+  // The picture kept in deploy/screenshots/: the operation from its summary line down to the live 200 response, in page
   // coordinates; the curl command (it shows the bearer token) is painted over.
   const clip = await meOperation.evaluate((element) => {
     const block = element.getBoundingClientRect();

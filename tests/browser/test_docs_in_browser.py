@@ -285,7 +285,7 @@ def test_docs_and_pages_in_chromium(browser_stack: BrowserStack, out_dir: Path) 
     assert any(f"{stack.users_url}/users/me" in line for line in blocked), blocked
     assert all(refused["origin"] in line for line in blocked), blocked
 
-    # The README's screenshot: written the first time, refreshed on request (BROWSER_UPDATE_SCREENSHOT=1).
+    # The screenshot in deploy/screenshots/: written the first time, refreshed with BROWSER_UPDATE_SCREENSHOT=1.
     if not README_SCREENSHOT.exists() or os.environ.get("BROWSER_UPDATE_SCREENSHOT") == "1":
         README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(try_it_out["readmeScreenshot"], README_SCREENSHOT)

@@ -182,7 +182,7 @@ def test_valid_body_is_accepted(fuzz_stack: FuzzStack, body: Body) -> None:
     )
 
 
-# Passwords are only hashed, never stored as text, and may hold any Unicode (the contract): a NUL in one
+# Passwords are only hashed, never stored as text, and may hold any Unicode (docs/api.md): a NUL in one
 # is a character like any other. A wrong current_password is 400.
 NUL_ALLOWED_IN_JSON = {"password": (200, 201), "current_password": (400,)}
 

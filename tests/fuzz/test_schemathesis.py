@@ -57,7 +57,7 @@ _skipped = {name.strip() for name in os.environ.get("FUZZ_SKIP_CHECKS", "").spli
 ENFORCED_CHECKS = [check for check in ENFORCED_CHECKS if check.__name__ not in _skipped]
 # Not enforced: `positive_data_acceptance` wants a 2xx for any schema-valid body, but OAuth2's /token
 # answers 400 `unsupported_grant_type` for a grant_type the schema cannot enumerate (RFC 6749, the
-# contract), and an empty form field counts as missing (422); both are documented answers.
+# API reference, docs/api.md), and an empty form field counts as missing (422); both are documented answers.
 
 
 def _schema_settings() -> Settings:

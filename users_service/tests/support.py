@@ -41,7 +41,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def assert_error(response: Response, status_code: int | set[int]) -> dict:
-    """The contract's error shape: the status, a JSON body, a `detail` key."""
+    """The error shape of the API reference (docs/api.md): the status, a JSON body, a `detail` key."""
     expected = status_code if isinstance(status_code, set) else {status_code}
     assert response.status_code in expected, response.text
     assert response.headers.get("content-type", "").startswith("application/json"), response.headers

@@ -84,7 +84,7 @@ def test_a_user_acting_on_another_user_is_403_and_changes_nothing(
 def test_a_user_asking_about_an_unknown_id_is_403_like_any_other(
     client: TestClient, make_account: Callable[..., Account], method: str, path: str, body: dict | None
 ) -> None:
-    # The README's choice: no enumeration of ids through 404 for non-admins.
+    # docs/api.md's choice: no enumeration of ids through 404 for non-admins.
     assert_error(call(client, method, path, body, make_account().headers, MAX_DATABASE_ID), 403)
 
 

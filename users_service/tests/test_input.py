@@ -109,7 +109,7 @@ def test_malformed_json_bodies_are_422_without_echoing_the_password(
     ids=["text/plain", "form", "xml"],
 )
 def test_another_content_type_is_422(client: TestClient, content_type: str, body: bytes) -> None:
-    # The README documents 422 (the contract allows 415 or 422; one code, the documented one).
+    # docs/api.md allows 415 or 422 here; the services answer 422, one code for every JSON endpoint.
     response = post_json_bytes(client, body, content_type)
 
     assert_error(response, 422)
