@@ -21,6 +21,8 @@ project=ai-backend-services-ci
 ci_database=compose_check
 auth_image=ai-backend-services-auth
 users_image=ai-backend-services-users
+mail_image=ai-backend-services-mailcatcher
+proxy_image=ai-backend-services-proxy
 
 # ---- timing -------------------------------------------------------------------------------------------
 timings=()
@@ -213,6 +215,18 @@ for service in auth users; do
   grep -E '^Successfully (built [0-9a-f]+|tagged)' "$work/build-$service.log"
 done
 
+# The mail catcher runs in the check (the reset and verification flows read their mail from it); the proxy image
+# is built so a broken one fails here, but not run: host networking gives every container one port space, so the
+# proxy's scaled upstreams (tests/topology and `make topology-check` cover a proxy in front of replicas).
+for extra in mailcatcher proxy; do
+  image_var=$([[ $extra == mailcatcher ]] && echo mail_image || echo proxy_image)
+  step "build: ${!image_var}"
+  "$docker" build --network host -f "deploy/$extra.Dockerfile" \
+    --build-arg BASE_IMAGE="$base_image" -t "${!image_var}" . \
+    >"$work/build-$extra.log" 2>&1 || { tail -n 40 "$work/build-$extra.log" >&2; exit 1; }
+  grep -E '^Successfully (built [0-9a-f]+|tagged)' "$work/build-$extra.log"
+done
+
 step "images: non-root, no compiler, no pip cache"
 for image in "$auth_image" "$users_image"; do
   user=$("$docker" image inspect --format '{{.Config.User}}' "$image")
@@ -232,7 +246,7 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
 fi
 read -r -a free_ports < <(python3 -c '
 import socket
-probes = [socket.socket() for _ in range(2)]
+probes = [socket.socket() for _ in range(4)]
 for probe in probes:
     probe.bind(("127.0.0.1", 0))
 print(*(probe.getsockname()[1] for probe in probes))')
@@ -246,6 +260,8 @@ ADMIN_USERNAME=ci-admin
 ADMIN_PASSWORD=$admin_password
 CI_AUTH_PORT=${free_ports[0]}
 CI_USERS_PORT=${free_ports[1]}
+CI_MAIL_SMTP_PORT=${free_ports[2]}
+CI_MAIL_HTTP_PORT=${free_ports[3]}
 EOF
 umask 022
 # Leftovers of an interrupted run go first; each run starts on an empty database.
@@ -253,7 +269,7 @@ compose down -v --remove-orphans --timeout 40 >/dev/null 2>&1 || true
 psql -q "$pg_admin_url/postgres" -c "DROP DATABASE IF EXISTS $ci_database WITH (FORCE)" -c "CREATE DATABASE $ci_database"
 stack_up=true
 # docs/operations.md#with-neon-instead-of-the-local-db: `db` is not started, migrate runs first, then auth and users.
-compose up --no-deps --no-build --wait migrate auth users
+compose up --no-deps --no-build --wait mail migrate auth users
 compose ps -a
 
 step "e2e: pytest tests against the containers"
@@ -263,7 +279,7 @@ fi
 # As `make test` runs it; tests/fault stops and starts a PostgreSQL of its own, not the containers.
 read -r -a pytest_args <<<"${COMPOSE_CHECK_PYTEST_ARGS:---ignore=tests/fault}"
 AUTH_URL=http://127.0.0.1:${free_ports[0]} USERS_URL=http://127.0.0.1:${free_ports[1]} \
-  ADMIN_USERNAME=ci-admin ADMIN_PASSWORD=$admin_password \
+  MAIL_INBOX_URL=http://127.0.0.1:${free_ports[3]} ADMIN_USERNAME=ci-admin ADMIN_PASSWORD=$admin_password \
   .venv/bin/python -m pytest tests "${pytest_args[@]}" || {
   status=$?
   echo "e2e suite failed (exit $status); the services' last log lines:" >&2
@@ -289,4 +305,4 @@ step_done
 echo
 echo "compose-check: image sizes"
 "$docker" image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' \
-  | grep -E "($auth_image|$users_image|compose-check/debian-python)" || true
+  | grep -E "($auth_image|$users_image|$mail_image|$proxy_image|compose-check/debian-python)" || true
