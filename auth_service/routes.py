@@ -15,12 +15,12 @@ from auth_service.schemas import (
     SessionList,
     TokenResponse,
 )
-from auth_service.throttle import LoginThrottled
 from shared.admission import password_hashing_slot
 from shared.client_address import request_client_address
 from shared.database import run_on_connection
 from shared.errors import ApiError, documented_errors
 from shared.observability import LOGIN_ATTEMPTS, REFRESH_REUSE, set_request_user
+from shared.throttle import Throttled
 
 router = APIRouter()
 
@@ -93,7 +93,7 @@ async def _client_credentials_grant(
             address=request_client_address(request),
             now=now,
         )
-    except LoginThrottled as throttled:
+    except Throttled as throttled:
         detail = "Too many failed attempts for this client; try again later"
         raise throttled.api_error(detail, headers=NO_STORE) from None
     except client_credentials.InvalidClient:
@@ -169,7 +169,7 @@ async def issue_token(
                 now=now,
                 user_agent=request.headers.get("user-agent"),
             )
-    except LoginThrottled as throttled:
+    except Throttled as throttled:
         LOGIN_ATTEMPTS.labels("throttled").inc()
         raise throttled.api_error("Too many failed login attempts; try again later", headers=NO_STORE) from None
     except service.InvalidCredentials:

@@ -13,18 +13,18 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
 from auth_service.sessions import NEW_SESSION, TOUCH_SESSION, USER_AS_READ, new_session_row
-from auth_service.throttle import (
+from shared.database import run_statement
+from shared.models import USERNAME_PATTERN, RefreshToken, User, UserSession
+from shared.passwords import PasswordHasher, PasswordHashingBusy
+from shared.revocation import end_session
+from shared.settings import Settings
+from shared.throttle import (
     begin_login_attempt,
     clear_failures,
     forget_attempt,
     record_failure,
     throttle_key_for_username,
 )
-from shared.database import run_statement
-from shared.models import USERNAME_PATTERN, RefreshToken, User, UserSession
-from shared.passwords import PasswordHasher, PasswordHashingBusy
-from shared.revocation import end_session
-from shared.settings import Settings
 from shared.tokens import AccessTokenIssuer
 
 USERNAME_REGEX = re.compile(USERNAME_PATTERN)

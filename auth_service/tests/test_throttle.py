@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from auth_service.tests.conftest import login, unique_address
-from auth_service.throttle import client_address
+from shared.client_address import client_address
 from shared.models import LoginFailure
 
 WINDOW_SECONDS = 60
