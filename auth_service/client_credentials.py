@@ -5,7 +5,6 @@ Failures are throttled like logins, per `client_id` and per client address. No r
 """
 
 import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import unquote_plus
@@ -95,7 +94,8 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         if not colon:
             raise MalformedClientAuthentication
         return unquote_plus(client_id, errors="strict"), unquote_plus(client_secret, errors="strict")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error (bad base64), UnicodeDecodeError, and the ValueError of a non-ASCII character in the header.
         raise MalformedClientAuthentication from None
 
 
