@@ -21,11 +21,12 @@ from shared.one_time_tokens import (
     live_token_exists,
     mail_token,
     new_token,
+    same_address,
     sent_recently,
     void_tokens,
 )
 from shared.passwords import PasswordHasher
-from shared.revocation import revoke_refresh_tokens_of_user
+from shared.revocation import end_all_credentials_of_user
 from shared.settings import Settings
 from shared.throttle import ThrottleLimits, begin_attempt, record_failure, throttle_key_for_username
 
@@ -92,17 +93,23 @@ def hash_for_live_token(
 def confirm_password_reset(
     *, session: Session, settings: Settings, token: str, password_hash: str, now: datetime
 ) -> None:
-    """`POST /password-reset/confirm`: claims the token and, in the same transaction, sets the password, ends every
-    session and older access token, voids the other reset tokens, marks the address verified if it is still the
-    one mailed, clears the username's login throttle and queues the "password changed" mail."""
+    """`POST /password-reset/confirm`: claims the token (good only while the user still has the address it was
+    mailed to) and, in the same transaction, sets the password, ends every session and deletes every API key (so
+    every older access token ends), voids the other reset tokens, marks the address verified, clears the
+    username's login throttle and queues the "password changed" mail."""
     user, claimed = claim_token_of_user(session=session, token=token, purpose=PASSWORD_RESET, now=now)
+    if not same_address(user.email, claimed.email):
+        # Mailed to an address the user has left since (perhaps because that mailbox was lost): raised before the
+        # commit, so nothing of the claim stays.
+        raise InvalidToken
     user.password_hash = password_hash
     user.token_version += 1
-    revoke_refresh_tokens_of_user(session=session, user_id=user.id, now=now)
+    # Sessions end and API keys go: the account may have been taken over, and no credential of that time may
+    # outlive its recovery (a key's access tokens end with the key).
+    end_all_credentials_of_user(session=session, user_id=user.id, now=now)
     void_tokens(session=session, user_id=user.id, purpose=PASSWORD_RESET, now=now)
-    if user.email is not None and user.email.lower() == claimed.email.lower():
-        # The mailbox answered: as good as a verification.
-        user.email_verified = True
+    # The mailbox answered: as good as a verification.
+    user.email_verified = True
     session.execute(
         delete(LoginFailure).where(
             LoginFailure.username == throttle_key_for_username(user.username), LoginFailure.pending.is_(False)

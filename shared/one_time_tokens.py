@@ -115,6 +115,12 @@ def claim_token_of_user(*, session: Session, token: str, purpose: str, now: date
     return user, claimed
 
 
+def same_address(first: str | None, second: str | None) -> bool:
+    """A token is good only for the address it was mailed to; domains are case-insensitive, and uniqueness here is
+    too (lower(email)), so is "the same address"."""
+    return first is not None and second is not None and first.lower() == second.lower()
+
+
 def token_owner_id(*, session: Session, token: str, purpose: str) -> int | None:
     found = session.execute(
         select(TOKENS.c.user_id).where(TOKENS.c.token_hash == hash_token(token), TOKENS.c.purpose == purpose)

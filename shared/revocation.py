@@ -103,7 +103,8 @@ def revoke_refresh_tokens_of_user(*, session: Session, user_id: int, now: dateti
 
 
 def end_all_credentials_of_user(*, session: Session, user_id: int, now: datetime) -> None:
-    """Deactivation: every session ends and every API key is deleted, for good (reactivation revives none)."""
+    """Deactivation and a password reset: every session ends and every API key is deleted, for good (reactivation
+    revives none)."""
     revoke_refresh_tokens_of_user(session=session, user_id=user_id, now=now)
     session.execute(delete(ApiKey).where(ApiKey.user_id == user_id))
 

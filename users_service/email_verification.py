@@ -18,14 +18,10 @@ from shared.one_time_tokens import (
     claim_token_of_user,
     mail_token,
     new_token,
+    same_address,
     sent_recently,
 )
 from shared.settings import Settings
-
-
-def same_address(first: str | None, second: str | None) -> bool:
-    # Domains are case-insensitive, and uniqueness here is too (lower(email)): so is "the same address".
-    return first is not None and second is not None and first.lower() == second.lower()
 
 
 def verify_new_email(*, session: Session, user: User) -> None:

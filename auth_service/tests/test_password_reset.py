@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, func, select
 
 from auth_service.tests.conftest import Credentials, login, unique_address
+from auth_service.tests.test_client_credentials import GRANT, make_key, stored_key  # noqa: F401  (fixture)
 from auth_service.tests.test_login_races import BACKEND_STATES, client_with_named_connections
 from shared.models import LoginFailure, OutboxEmail, User
 from shared.one_time_tokens import EMAIL_VERIFICATION, PASSWORD_RESET, new_token
@@ -269,19 +270,16 @@ def test_a_reset_clears_the_login_throttle_of_the_username(make_client, make_mai
     assert left == 0
 
 
-def test_a_reset_voids_the_other_reset_tokens_and_keeps_email_unverified_after_a_change(client, make_mail_user) -> None:
+def test_a_reset_voids_the_other_reset_tokens_and_verifies_the_address(client, make_mail_user) -> None:
     user = make_mail_user()
     first = add_token(client, user_id=user.id, email=email_of(user), purpose=PASSWORD_RESET)
     second = add_token(client, user_id=user.id, email=email_of(user), purpose=PASSWORD_RESET)
-    with client.app.state.session_factory() as session:
-        session.get(User, user.id).email = f"changed_{email_of(user)}"
-        session.commit()
 
     assert confirm(client, first).status_code == 204
 
     assert_invalid_token(confirm(client, second))
     with client.app.state.session_factory() as session:
-        assert session.get(User, user.id).email_verified is False
+        assert session.get(User, user.id).email_verified is True
 
 
 def test_unknown_addresses_take_about_as_long_as_known_ones(make_client, make_mail_user) -> None:
@@ -444,3 +442,29 @@ def test_a_confirm_holds_no_transaction_open_while_the_new_password_is_hashed(ma
     finally:
         observer.dispose()
     assert states_during_hash and "idle in transaction" not in states_during_hash, states_during_hash
+
+
+def test_a_reset_deletes_the_users_api_keys(client, make_mail_user, make_key) -> None:  # noqa: F811
+    """Every older access token ends, a key's too: the account may have been taken over, and a key an intruder made
+    must not outlive its recovery."""
+    user = make_mail_user()
+    key = make_key(user=user)
+    assert client.post("/token", data=GRANT, headers=key.basic).status_code == 200
+    token = add_token(client, user_id=user.id, email=email_of(user), purpose=PASSWORD_RESET)
+
+    assert confirm(client, token).status_code == 204
+
+    assert stored_key(client, key.id) is None
+    refused = client.post("/token", data=GRANT, headers=key.basic)
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+
+
+def test_a_reset_token_mailed_to_an_address_the_user_no_longer_has_is_refused(client, make_mail_user) -> None:
+    user = make_mail_user()
+    token = add_token(client, user_id=user.id, email=email_of(user), purpose=PASSWORD_RESET)
+    with client.app.state.session_factory() as session:
+        session.get(User, user.id).email = f"moved.{secrets.token_hex(5)}@example.com"
+        session.commit()
+
+    assert_invalid_token(confirm(client, token))
+    assert login(client, user.username, user.password).status_code == 200
