@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     # The outbox sender: a thread in every worker (shared.mail.sender); off here if mail is sent some other way.
     mail_sender_enabled: bool = True
     # Retries back off exponentially from the base to the cap (with jitter); after the last attempt a mail is dead.
-    mail_max_attempts: int = Field(default=15, ge=1)
+    # 60 attempts: about two days, so an SMTP outage of a weekend loses no mail.
+    mail_max_attempts: int = Field(default=60, ge=1)
     mail_retry_base_seconds: float = Field(default=5.0, gt=0)
     mail_retry_max_seconds: float = Field(default=3_600.0, gt=0)
 
