@@ -6,6 +6,7 @@ user's address. Lock order, as every writer of users takes it: the user's row, t
 refresh tokens (shared.revocation), then the outbox (a new row, locked by nobody).
 """
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Connection, delete, func, literal, select
@@ -28,7 +29,13 @@ from shared.one_time_tokens import (
 from shared.passwords import PasswordHasher
 from shared.revocation import end_all_credentials_of_user
 from shared.settings import Settings
-from shared.throttle import ThrottleLimits, begin_attempt, record_failure, throttle_key_for_username
+from shared.throttle import (
+    ThrottleLimits,
+    begin_attempt,
+    login_limits,
+    record_failure,
+    throttle_key_for_username,
+)
 
 USERS = User.__table__
 # Sized like the login columns; the prefix keeps reset requests out of the login counts of the same address.
@@ -37,12 +44,7 @@ THROTTLE_KEY_LENGTH = 64
 
 def reset_request_limits(settings: Settings) -> ThrottleLimits:
     """Reset requests share the login throttle's table and window, with the per-address limit, counted apart."""
-    return ThrottleLimits(
-        per_key=settings.login_max_failures_per_address,
-        per_address=settings.login_max_failures_per_address,
-        window_seconds=settings.login_failure_window_seconds,
-        wait_seconds=settings.password_hash_queue_timeout_seconds,
-    )
+    return replace(login_limits(settings), per_key=settings.login_max_failures_per_address)
 
 
 def count_reset_request(*, connection: Connection, settings: Settings, address: str, now: datetime) -> None:
