@@ -27,6 +27,9 @@ class Stack:
     processes: list[ServiceProcess] = field(default_factory=list)
     # The mail catcher's inbox (deploy/mailcatcher.py) the services send to; MAIL_INBOX_URL for a given stack.
     mail_inbox_url: str | None = None
+    # The address the services see this suite's requests come from: E2E_CLIENT_ADDRESS for a given stack (behind
+    # the compose proxy, its network's gateway, through which the published ports arrive).
+    client_address: str = "127.0.0.1"
 
     @property
     def started_here(self) -> bool:
@@ -65,6 +68,7 @@ def stack(request: pytest.FixtureRequest, logs_dir: Path) -> Iterator[Stack]:
             admin_username=os.environ["ADMIN_USERNAME"],
             admin_password=os.environ["ADMIN_PASSWORD"],
             mail_inbox_url=os.environ.get("MAIL_INBOX_URL"),
+            client_address=os.environ.get("E2E_CLIENT_ADDRESS", "127.0.0.1"),
         )
         return
     url = request.getfixturevalue("database_url")
