@@ -19,8 +19,11 @@ from shared.passwords import PasswordHasher, PasswordHashingBusy
 from shared.revocation import end_session
 from shared.settings import Settings
 from shared.throttle import (
+    ATTEMPTS,
+    CLEAR_FAILURES,
     begin_login_attempt,
     clear_failures,
+    clearing_parameters,
     forget_attempt,
     record_failure,
     throttle_key_for_username,
@@ -78,6 +81,30 @@ NEW_REFRESH_TOKEN = (
     )
     .returning(REFRESH_TOKENS.c.id)
 )
+# PostgreSQL: a login's session, its first refresh token (expiring with it) and the clearing of its throttle
+# failures, as one statement: one round trip and one commit after the hash, all or nothing. The token is stored only
+# if the session was (the user unchanged, `NEW_SESSION`), the failures cleared only if the token was. SQLite
+# (`make run`) has no INSERT inside WITH: `store_new_session`, then `clear_failures`.
+_STORED_SESSION = NEW_SESSION.cte("stored_session")
+_STORED_REFRESH_TOKEN = (
+    insert(REFRESH_TOKENS)
+    .from_select(
+        ["token_hash", "family_id", "user_id", "issued_at", "expires_at"],
+        select(
+            bindparam("token_hash", type_=REFRESH_TOKENS.c.token_hash.type),
+            _STORED_SESSION.c.id,
+            _STORED_SESSION.c.user_id,
+            _STORED_SESSION.c.created_at,
+            _STORED_SESSION.c.expires_at,
+        ),
+    )
+    .returning(REFRESH_TOKENS.c.id)
+    .cte("stored_refresh_token")
+)
+_CLEARED_FAILURES = (
+    CLEAR_FAILURES.where(exists(select(_STORED_REFRESH_TOKEN.c.id))).returning(ATTEMPTS.c.id).cte("cleared_failures")
+)
+STORE_LOGIN = select(_STORED_REFRESH_TOKEN.c.id).add_cte(_CLEARED_FAILURES)
 USER_FOR_LOGIN = select(USERS.c.id, USERS.c.password_hash, USERS.c.is_active, USERS.c.token_version).where(
     USERS.c.username == bindparam("username")
 )
@@ -183,11 +210,18 @@ def login_with_password(
         family_id=session_row["session_id"],
         now=now,
     )
-    if not store_new_session(connection=connection, session_row=session_row, refresh_row=refresh_row):
+    clearing = clearing_parameters(key=username_key, address=address, attempt_id=attempt_id, now=now)
+    if connection.dialect.name == "postgresql":
+        parameters = {**session_row, "token_hash": refresh_row["token_hash"], **clearing}
+        stored = bool(run_statement(connection, STORE_LOGIN, parameters))
+    else:
+        stored = store_new_session(connection=connection, session_row=session_row, refresh_row=refresh_row)
+        if stored:
+            clear_failures(connection=connection, key=username_key, address=address, attempt_id=attempt_id, now=now)
+    if not stored:
         # The password was changed (or the user deactivated) while this one was being checked.
         record_failure(connection=connection, attempt_id=attempt_id)
         raise InvalidCredentials
-    clear_failures(connection=connection, key=username_key, address=address, attempt_id=attempt_id, now=now)
     return pair
 
 

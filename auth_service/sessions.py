@@ -56,7 +56,7 @@ NEW_SESSION = (
         .where(*USER_AS_READ)
         .with_for_update(read=True),
     )
-    .returning(SESSIONS.c.id)
+    .returning(SESSIONS.c.id, SESSIONS.c.user_id, SESSIONS.c.created_at, SESSIONS.c.expires_at)
 )
 # A refresh: its session was used now and lives as long as its newest refresh token.
 TOUCH_SESSION = (

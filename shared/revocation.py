@@ -17,9 +17,9 @@ user's rows wait for each other at step 1 and never hold rows the other one want
 
 The writers: here, for the users service, `revoke_refresh_tokens_of_user`, `end_all_credentials_of_user` and
 `delete_sessions_of_user` (run before a user's DELETE, whose own cascade would take the refresh tokens before the
-sessions); in auth_service, `store_new_session`, `refresh_token_pair` and `revoke_refresh_token` (service.py),
-`end_session_of_caller` and `end_other_sessions_of_caller` (sessions.py). A new writer of these tables takes the
-user's row first too.
+sessions); in auth_service, `STORE_LOGIN` (`store_new_session` on SQLite), `refresh_token_pair` and
+`revoke_refresh_token` (service.py), `end_session_of_caller` and `end_other_sessions_of_caller` (sessions.py). A new
+writer of these tables takes the user's row first too.
 
 The one exception, retention (shared/retention.py), deletes sessions past their keeping time without the user's
 row: it takes them with SKIP LOCKED and waits for their tokens at most a short lock_timeout, and no writer holds

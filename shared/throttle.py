@@ -113,8 +113,13 @@ _NEW_ATTEMPT = select(
 # attempts of one key (or address) then commit in the order of their ids, so an attempt's counts, run after its
 # insert committed, see every attempt with a smaller id. Without it a smaller id could commit later, unseen, and both
 # be let through. The key first, then the address, in two lock spaces: no two inserts wait for each other in a cycle.
+# The insert commits asynchronously (`synchronous_commit` off for its own transaction only), so the locks are released
+# without waiting for the WAL flush: attempts from one address (a NAT, a proxy) queue here one after another. A crash
+# can lose only attempts still pending then, whose requests fail with it: the statement that decides an attempt
+# commits synchronously, which flushes the insert's earlier commit record too.
 _KEY_LOCKED = select(
-    func.pg_advisory_xact_lock(literal(1, Integer), func.hashtext(bindparam("throttle_key", type_=String))).label("k")
+    func.pg_advisory_xact_lock(literal(1, Integer), func.hashtext(bindparam("throttle_key", type_=String))).label("k"),
+    func.set_config("synchronous_commit", "off", true()).label("asynchronous_commit"),
 ).cte("key_locked")
 _ADDRESS_LOCKED = (
     select(
@@ -172,7 +177,6 @@ BLOCKING_FAILURES = select(
 )
 RECORD_FAILURE = update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("attempt_id")).values(pending=False)
 FORGET_ATTEMPT = delete(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("attempt_id"))
-FORGET_ATTEMPTS_OUTSIDE_WINDOW = delete(ATTEMPTS).where(ATTEMPTS.c.occurred_at <= bindparam("window_start"))
 # Other attempts' pending rows stay: a parallel attempt still being checked must still count if it fails.
 CLEAR_FAILURES = delete(ATTEMPTS).where(BY_KEY, BY_ADDRESS, or_(IS_FAILURE, ATTEMPTS.c.id == bindparam("attempt_id")))
 
@@ -185,10 +189,8 @@ def begin_attempt(*, connection: Connection, limits: ThrottleLimits, key: str, a
     be decided, up to `limits.wait_seconds` (then AttemptsAheadBusy). The caller then ends the attempt with
     `record_failure`, `clear_failures` (success) or `forget_attempt` (not checked after all).
     """
-    window = timedelta(seconds=limits.window_seconds)
-    # Old rows are useless to every check; trimming them here keeps the table the size of one window. First, so that
-    # a trim that fails (a 503) leaves no attempt recorded whose secret was never checked.
-    run_statement(connection, FORGET_ATTEMPTS_OUTSIDE_WINDOW, {"window_start": now - window})
+    # Rows outside the window count for nothing (every count reads only the window); the retention pass deletes them
+    # (shared.retention), so no attempt pays a statement for it.
     record = RECORD_ATTEMPT_IN_ORDER if connection.dialect.name == "postgresql" else RECORD_ATTEMPT
     attempt_id = run_statement(connection, record, {"throttle_key": key, "address": address, "now": now})[0].id
     try:
@@ -260,15 +262,18 @@ def clear_failures(*, connection: Connection, key: str, address: str, attempt_id
     fresh set of guesses; other attempts still pending stay, so those that fail still count.
     """
     run_statement(
-        connection,
-        CLEAR_FAILURES,
-        {
-            "throttle_key": key,
-            "address": address,
-            "attempt_id": attempt_id,
-            "stale_before": now - PENDING_ATTEMPT_LIFETIME,
-        },
+        connection, CLEAR_FAILURES, clearing_parameters(key=key, address=address, attempt_id=attempt_id, now=now)
     )
+
+
+def clearing_parameters(*, key: str, address: str, attempt_id: int, now: datetime) -> dict[str, object]:
+    """The bind values of `CLEAR_FAILURES`, for a caller that runs it inside a statement of its own."""
+    return {
+        "throttle_key": key,
+        "address": address,
+        "attempt_id": attempt_id,
+        "stale_before": now - PENDING_ATTEMPT_LIFETIME,
+    }
 
 
 def begin_login_attempt(

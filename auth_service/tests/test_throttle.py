@@ -11,6 +11,7 @@ from sqlalchemy import update
 from auth_service.tests.conftest import login, unique_address
 from shared.client_address import client_address
 from shared.models import LoginFailure
+from shared.throttle import begin_attempt, forget_attempt, login_limits
 
 WINDOW_SECONDS = 60
 LIMITS = {
@@ -238,3 +239,24 @@ def test_retry_after_is_when_the_limit_th_most_recent_failure_leaves_the_window(
     assert_throttled(response)
     # The limit is 3: the third most recent failure (30 s old) leaves the 60 s window in 30 s.
     assert 28 <= int(response.headers["retry-after"]) <= 30
+
+
+def test_the_asynchronous_commit_of_an_attempt_ends_with_its_own_transaction(make_client):
+    """The attempt's insert turns `synchronous_commit` off for itself only: the connection, pooled and reused by
+    every later statement (and behind PgBouncer by other clients), keeps the server's setting."""
+    client = make_client(**LIMITS)
+    engine = client.app.state.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("asynchronous commit is PostgreSQL's")
+    with engine.connect() as connection:
+        before = connection.exec_driver_sql("SHOW synchronous_commit").scalar()
+        connection.rollback()
+        attempt_id = begin_attempt(
+            connection=connection,
+            limits=login_limits(client.app.state.settings),
+            key=ghost_username(),
+            address=unique_address(),
+            now=datetime.now(UTC),
+        )
+        forget_attempt(connection=connection, attempt_id=attempt_id)
+        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == before == "on"
