@@ -149,7 +149,7 @@ def client_credentials_token(
         or (key.expires_at is not None and as_utc(key.expires_at) <= now)
         or not key.is_active
     ):
-        record_failure(connection=connection, attempt_id=attempt_id)
+        record_failure(connection=connection, attempt_id=attempt_id, key=throttle_key, address=address, now=now)
         raise InvalidClient
     try:
         scopes = granted_scopes(key_scopes=key.scopes, requested=scope)

@@ -53,7 +53,7 @@ def count_reset_request(*, connection: Connection, settings: Settings, address: 
     attempt_id = begin_attempt(
         connection=connection, limits=reset_request_limits(settings), key=key, address=key, now=now
     )
-    record_failure(connection=connection, attempt_id=attempt_id)
+    record_failure(connection=connection, attempt_id=attempt_id, key=key, address=key, now=now)
 
 
 def request_password_reset(*, session: Session, settings: Settings, email: str, now: datetime) -> None:

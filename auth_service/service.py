@@ -159,9 +159,10 @@ def login_with_password(
     """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens.
 
     Every statement commits on its own (`run_statement`): no transaction, and behind Neon's pooler no server
-    connection, is held while the password waits for and runs its hash. Only the session and its first refresh
-    token are stored together, in one short transaction after the hash (`store_new_session`), and only if the user
-    has not changed since it was read. Nothing else needs another's atomicity: the attempt is committed (pending)
+    connection, is held while the password waits for and runs its hash. After the hash, the session, its first
+    refresh token and the clearing of the throttle's failures are one statement (`STORE_LOGIN`; on SQLite a short
+    transaction, `store_new_session`, then `clear_failures`), stored only if the user has not changed since it was
+    read. Nothing else needs another's atomicity: the attempt is committed (pending)
     before the counts that must see it, and a crash before the attempt is decided
     leaves a pending row that counts as a failure once it is stale (shared.throttle).
     """
@@ -186,7 +187,7 @@ def login_with_password(
         raise
     if not matches or user is None or not user.is_active:
         # An inactive user's right password counts too: whether it counted must not tell that it was right.
-        record_failure(connection=connection, attempt_id=attempt_id)
+        record_failure(connection=connection, attempt_id=attempt_id, key=username_key, address=address, now=now)
         raise InvalidCredentials
     if new_hash is not None:
         run_statement(
@@ -220,7 +221,7 @@ def login_with_password(
             clear_failures(connection=connection, key=username_key, address=address, attempt_id=attempt_id, now=now)
     if not stored:
         # The password was changed (or the user deactivated) while this one was being checked.
-        record_failure(connection=connection, attempt_id=attempt_id)
+        record_failure(connection=connection, attempt_id=attempt_id, key=username_key, address=address, now=now)
         raise InvalidCredentials
     return pair
 

@@ -139,6 +139,9 @@ remove_leftover_bridge() {
 
 stop_cluster() {
   if [[ -f $pg_dir/data/postmaster.pid ]]; then
+    # Without the server binaries (found after the trap is set) a running cluster cannot be stopped: its folder
+    # stays for the next run rather than vanish under it.
+    [[ -n $pg_bin ]] || return 0
     as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
   fi
   rm -rf "$pg_dir"
@@ -184,7 +187,7 @@ if ! dpkg-query -W -f '${Status}\n' docker.io debootstrap iptables 2>/dev/null |
     || { tail -n 30 "$work/apt.log" >&2; exit 1; }
 fi
 command -v dockerd debootstrap iptables >/dev/null
-pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
+pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1 || true)
 [[ -x $pg_bin/initdb ]] || { echo "compose-check: the PostgreSQL server binaries are needed (initdb)" >&2; exit 1; }
 # What the host's firewall holds before the engine starts; it must hold exactly that once the stack is up.
 host_rules() { iptables-save 2>/dev/null | sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//'; }
@@ -193,7 +196,10 @@ rules_before=$(host_rules)
 step "dockerd: start (no default bridge, no iptables)"
 # A dockerd left by an interrupted run of this script (its pidfile is ours) is stopped first, and the cluster it
 # left too.
-if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+# Only if that pid is still a dockerd on our data folder: after a reboot the number may belong to anything.
+if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null \
+  && [[ $(cat "/proc/$(cat "$pidfile")/comm" 2>/dev/null) == dockerd ]] \
+  && tr '\0' ' ' <"/proc/$(cat "$pidfile")/cmdline" 2>/dev/null | grep -qF -- "$data_root"; then
   echo "stopping the dockerd an earlier run left (pid $(cat "$pidfile"))"
   stop_dockerd "$(cat "$pidfile")"
 fi
@@ -366,8 +372,11 @@ host  all app      $subnet scram-sha-256
 EOF
 as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgresql.log" -w start >/dev/null \
   || { tail -n 20 "$pg_dir/postgresql.log" >&2; exit 1; }
-as_postgres psql -X -q -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
-  -c "CREATE ROLE app LOGIN PASSWORD '$db_password'" -c "CREATE DATABASE $ci_database OWNER app"
+# On standard input, not the command line, where any local user would see the password in `ps`.
+as_postgres psql -X -q -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<EOF
+CREATE ROLE app LOGIN PASSWORD '$db_password';
+CREATE DATABASE $ci_database OWNER app;
+EOF
 database_url=postgresql://app:$db_password@$gateway:$pg_port/$ci_database
 umask 077
 cat >>"$compose_env" <<EOF
@@ -411,10 +420,12 @@ container_names() {
   compose ps -a -q "$1" | xargs "$docker" inspect --format '{{.Name}}' | sed 's#^/##' | sort
 }
 # What tests/compose needs to know (the database password inside: readable by root only).
-python3 - "$stack_file" "$docker" "$network" "$subnet" "$gateway" "$proxy_address" "$auth_port" "$users_port" \
-  "$base_image" "$database_url" "$(container_names auth)" "$(container_names users)" "$(container_names proxy)" <<'EOF'
+STACK_DATABASE_URL=$database_url python3 - "$stack_file" "$docker" "$network" "$subnet" "$gateway" "$proxy_address" \
+  "$auth_port" "$users_port" "$base_image" "$(container_names auth)" "$(container_names users)" \
+  "$(container_names proxy)" <<'EOF'
 import json, os, sys
-path, docker, network, subnet, gateway, proxy, auth_port, users_port, image, database_url, auth, users, nginx = sys.argv[1:]
+path, docker, network, subnet, gateway, proxy, auth_port, users_port, image, auth, users, nginx = sys.argv[1:]
+database_url = os.environ["STACK_DATABASE_URL"]
 stack = {
     "docker": docker,
     "network": {"name": network, "subnet": subnet, "gateway": gateway},
@@ -430,7 +441,9 @@ COMPOSE_STACK=$stack_file .venv/bin/python -m pytest tests/compose -q -p no:cach
 
 step "compose stop: graceful shutdown (SIGTERM)"
 compose stop --timeout 40 auth users
-for container in $(compose ps -a -q auth users); do
+mapfile -t stopped < <(compose ps -a -q auth users)
+((${#stopped[@]} == 2 * replicas)) || { echo "expected $((2 * replicas)) containers, found ${#stopped[@]}" >&2; exit 1; }
+for container in "${stopped[@]}"; do
   name=$("$docker" inspect --format '{{.Name}}' "$container")
   code=$("$docker" inspect --format '{{.State.ExitCode}}' "$container")
   echo "${name#/} exited with $code"

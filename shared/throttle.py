@@ -25,6 +25,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     func,
     insert,
     literal,
@@ -115,8 +116,8 @@ _NEW_ATTEMPT = select(
 # be let through. The key first, then the address, in two lock spaces: no two inserts wait for each other in a cycle.
 # The insert commits asynchronously (`synchronous_commit` off for its own transaction only), so the locks are released
 # without waiting for the WAL flush: attempts from one address (a NAT, a proxy) queue here one after another. A crash
-# can lose only attempts still pending then, whose requests fail with it: the statement that decides an attempt
-# commits synchronously, which flushes the insert's earlier commit record too.
+# can lose only attempts still pending then: the statement that decides an attempt commits synchronously, which
+# flushes the insert's earlier commit record too, and a failure whose pending row was lost is recorded anew.
 _KEY_LOCKED = select(
     func.pg_advisory_xact_lock(literal(1, Integer), func.hashtext(bindparam("throttle_key", type_=String))).label("k"),
     func.set_config("synchronous_commit", "off", true()).label("asynchronous_commit"),
@@ -175,7 +176,24 @@ BLOCKING_FAILURES = select(
     _blocking_failure(BY_KEY, "key_offset").label("by_key"),
     _blocking_failure(BY_ADDRESS, "address_offset").label("by_address"),
 )
-RECORD_FAILURE = update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("attempt_id")).values(pending=False)
+RECORD_FAILURE = (
+    update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("attempt_id")).values(pending=False).returning(ATTEMPTS.c.id)
+)
+# The failure of an attempt whose pending row is gone: a server crash lost its asynchronous commit while a pooler
+# (PgBouncer, Neon's) kept this client's connection, so nothing failed on our side.
+RECORD_LOST_ATTEMPT_AS_FAILURE = (
+    insert(ATTEMPTS)
+    .from_select(
+        _ATTEMPT_COLUMNS,
+        select(
+            bindparam("throttle_key", type_=String),
+            bindparam("address", type_=String),
+            bindparam("now", type_=DateTime(timezone=True)),
+            false(),
+        ),
+    )
+    .returning(ATTEMPTS.c.id)
+)
 FORGET_ATTEMPT = delete(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("attempt_id"))
 # Other attempts' pending rows stay: a parallel attempt still being checked must still count if it fails.
 CLEAR_FAILURES = delete(ATTEMPTS).where(BY_KEY, BY_ADDRESS, or_(IS_FAILURE, ATTEMPTS.c.id == bindparam("attempt_id")))
@@ -245,9 +263,15 @@ def _retry_after(*, connection: Connection, limits: ThrottleLimits, parameters: 
     return max([1, *seconds])
 
 
-def record_failure(*, connection: Connection, attempt_id: int) -> None:
-    """The secret was wrong: the pending attempt becomes a failure, counted for the window."""
-    run_statement(connection, RECORD_FAILURE, {"attempt_id": attempt_id})
+def record_failure(*, connection: Connection, attempt_id: int, key: str, address: str, now: datetime) -> None:
+    """The secret was wrong: the pending attempt becomes a failure, counted for the window.
+
+    If its row is gone (see RECORD_LOST_ATTEMPT_AS_FAILURE), the failure is recorded anew: a checked secret counts.
+    """
+    if not run_statement(connection, RECORD_FAILURE, {"attempt_id": attempt_id}):
+        run_statement(
+            connection, RECORD_LOST_ATTEMPT_AS_FAILURE, {"throttle_key": key, "address": address, "now": now}
+        )
 
 
 def forget_attempt(*, connection: Connection, attempt_id: int) -> None:

@@ -106,6 +106,6 @@ def _check_current_password(
         forget_attempt(connection=connection, attempt_id=attempt_id)
         raise
     if not matches:
-        record_failure(connection=connection, attempt_id=attempt_id)
+        record_failure(connection=connection, attempt_id=attempt_id, key=username_key, address=address, now=now)
         raise ApiError(400, "current_password is missing or wrong", error="invalid_current_password")
     clear_failures(connection=connection, key=username_key, address=address, attempt_id=attempt_id, now=now)

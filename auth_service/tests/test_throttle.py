@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 
 from auth_service.tests.conftest import login, unique_address
 from shared.client_address import client_address
 from shared.models import LoginFailure
-from shared.throttle import begin_attempt, forget_attempt, login_limits
+from shared.throttle import RECORD_ATTEMPT_IN_ORDER, begin_attempt, login_limits, record_failure
 
 WINDOW_SECONDS = 60
 LIMITS = {
@@ -242,21 +242,48 @@ def test_retry_after_is_when_the_limit_th_most_recent_failure_leaves_the_window(
 
 
 def test_the_asynchronous_commit_of_an_attempt_ends_with_its_own_transaction(make_client):
-    """The attempt's insert turns `synchronous_commit` off for itself only: the connection, pooled and reused by
-    every later statement (and behind PgBouncer by other clients), keeps the server's setting."""
+    """The attempt's insert turns `synchronous_commit` off for its own transaction: the connection, pooled and reused
+    by every later statement (and behind PgBouncer by other clients), keeps the server's setting."""
     client = make_client(**LIMITS)
     engine = client.app.state.engine
     if engine.dialect.name != "postgresql":
         pytest.skip("asynchronous commit is PostgreSQL's")
+    parameters = {"throttle_key": ghost_username(), "address": unique_address(), "now": datetime.now(UTC)}
     with engine.connect() as connection:
         before = connection.exec_driver_sql("SHOW synchronous_commit").scalar()
         connection.rollback()
+        with connection.begin():
+            connection.execute(RECORD_ATTEMPT_IN_ORDER, parameters)
+            assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == before != "off"
+
+
+def test_a_wrong_secret_counts_even_if_its_pending_row_was_lost(make_client):
+    """A server crash can lose an attempt's asynchronous commit while a pooler keeps the client's connection: the
+    failure is then recorded anew, so every checked secret counts."""
+    client = make_client(**LIMITS)
+    engine = client.app.state.engine
+    settings = client.app.state.settings
+    key, address, now = ghost_username(), unique_address(), datetime.now(UTC)
+    with engine.connect() as connection:
         attempt_id = begin_attempt(
-            connection=connection,
-            limits=login_limits(client.app.state.settings),
-            key=ghost_username(),
-            address=unique_address(),
-            now=datetime.now(UTC),
+            connection=connection, limits=login_limits(settings), key=key, address=address, now=now
         )
-        forget_attempt(connection=connection, attempt_id=attempt_id)
-        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == before == "on"
+        connection.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
+        connection.commit()
+        record_failure(connection=connection, attempt_id=attempt_id, key=key, address=address, now=now)
+        failures = connection.execute(
+            select(LoginFailure.pending).where(LoginFailure.username == key, LoginFailure.address == address)
+        ).all()
+    assert [row.pending for row in failures] == [False]
+
+
+def test_a_success_clears_the_failures_from_its_own_address(make_client, make_user):
+    throttled = make_client(**LIMITS)
+    user = make_user()
+    assert [login(throttled, user.username, WRONG).status_code for _ in range(2)] == [401, 401]
+
+    assert login(throttled, user.username, user.password).status_code == 200
+
+    # The count starts again: three more failures before the limit, as for a user with none.
+    assert attempts_until_throttled(throttled, user.username) == 4

@@ -291,11 +291,12 @@ def test_a_replica_killed_and_another_stopped_under_load_cost_only_what_they_hel
         )
     failures = run.failures()
     # What the killed replica held: a 502, or no status at all (0) when it died between writing a response's head
-    # and its body (nginx had passed the head on, so it can only close the client's connection). At most one per
-    # auth thread, each sent before the kill; nginx's 502 carries no X-Worker, so the count is over all threads.
+    # and its body (nginx had passed the head on, so it can only close the client's connection). Only while it was
+    # dying: `docker kill` returns a few tenths of a second after the signal, and a thread whose request failed may
+    # have sent its next one to the dying replica too (once 5 failures from 4 auth threads), so the bound is the
+    # time, not a count per thread; after that, nothing fails.
     assert {o.status for o in failures} <= {0, 502, 503}, Counter(o.status for o in failures)
-    assert len(failures) <= len(auth_senders), failures
-    assert all(o.started <= killed + 0.5 for o in failures), failures
+    assert all(run.events["auth kill sent"] - 1.0 <= o.started <= killed + 0.5 for o in failures), failures
     assert not [o for o in by_service["users"].outcomes if o.status != 200], "the graceful stop failed a read"
     after = [o for o in run.outcomes if o.started > killed + 0.5]
     assert after and all(o.status == 200 for o in after), Counter(o.status for o in after)
