@@ -211,8 +211,8 @@ def login_with_password(
         family_id=session_row["session_id"],
         now=now,
     )
-    clearing = clearing_parameters(key=username_key, address=address, attempt_id=attempt_id, now=now)
     if connection.dialect.name == "postgresql":
+        clearing = clearing_parameters(key=username_key, address=address, attempt_id=attempt_id, now=now)
         parameters = {**session_row, "token_hash": refresh_row["token_hash"], **clearing}
         stored = bool(run_statement(connection, STORE_LOGIN, parameters))
     else:
