@@ -39,22 +39,35 @@ def make_user(client: TestClient) -> Callable[..., Credentials]:
     """Inserts a user row the way the users service would (the auth service only reads users)."""
 
     def make(*, password: str | None = None, is_active: bool = True, password_hash: str | None = None) -> Credentials:
-        username = f"user_{secrets.token_hex(5)}"
-        password = password or f"pw-{secrets.token_hex(8)}"
-        hasher: PasswordHasher = client.app.state.hasher
-        with client.app.state.session_factory() as session:
-            user = User(
-                username=username,
-                password_hash=password_hash or hasher.hash(password),
-                is_active=is_active,
-                is_admin=False,
-                token_version=0,
-            )
-            session.add(user)
-            session.commit()
-            return Credentials(id=user.id, username=username, password=password)
+        return insert_user(client, password=password, is_active=is_active, password_hash=password_hash)
 
     return make
+
+
+def insert_user(
+    client: TestClient,
+    *,
+    password: str | None = None,
+    is_active: bool = True,
+    password_hash: str | None = None,
+    with_email: bool = False,
+) -> Credentials:
+    """A user row in `client`'s database; `with_email`: at `<username>@example.com`."""
+    username = f"user_{secrets.token_hex(5)}"
+    password = password or f"pw-{secrets.token_hex(8)}"
+    hasher: PasswordHasher = client.app.state.hasher
+    with client.app.state.session_factory() as session:
+        user = User(
+            username=username,
+            email=f"{username}@example.com" if with_email else None,
+            password_hash=password_hash or hasher.hash(password),
+            is_active=is_active,
+            is_admin=False,
+            token_version=0,
+        )
+        session.add(user)
+        session.commit()
+        return Credentials(id=user.id, username=username, password=password)
 
 
 def login(client: TestClient, username: str, password: str, **headers: str):

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, func, select
 
-from auth_service.tests.conftest import Credentials, login, unique_address
+from auth_service.tests.conftest import Credentials, insert_user, login, unique_address
 from auth_service.tests.test_client_credentials import GRANT, make_key, stored_key  # noqa: F401  (fixture)
 from auth_service.tests.test_login_races import BACKEND_STATES, client_with_named_connections
 from shared.models import LoginFailure, OutboxEmail, User
@@ -34,20 +34,7 @@ def mail_client(make_client: Callable[..., TestClient], mail_catcher: MailCatche
 
 def add_mail_user(client: TestClient, *, is_active: bool = True) -> Credentials:
     """A user with an email address in `client`'s database, inserted as the users service would."""
-    username = f"user_{secrets.token_hex(5)}"
-    password = f"pw-{secrets.token_hex(8)}"
-    with client.app.state.session_factory() as session:
-        user = User(
-            username=username,
-            email=f"{username}@example.com",
-            password_hash=client.app.state.hasher.hash(password),
-            is_active=is_active,
-            is_admin=False,
-            token_version=0,
-        )
-        session.add(user)
-        session.commit()
-        return Credentials(id=user.id, username=username, password=password)
+    return insert_user(client, is_active=is_active, with_email=True)
 
 
 @pytest.fixture
