@@ -65,10 +65,12 @@ SESSIONS = UserSession.__table__
 # carries. FOR SHARE on the user's row orders it against a concurrent password change or deactivation, which
 # locks that row before it revokes the user's refresh tokens (shared.revocation): either this insert waits for
 # that change and then finds the version moved (no row), or the change waits for it and revokes its token.
+# The columns every new refresh token is stored with; both inserts below select exactly these.
+REFRESH_TOKEN_COLUMNS = ["token_hash", "family_id", "user_id", "issued_at", "expires_at"]
 NEW_REFRESH_TOKEN = (
     insert(REFRESH_TOKENS)
     .from_select(
-        ["token_hash", "family_id", "user_id", "issued_at", "expires_at"],
+        REFRESH_TOKEN_COLUMNS,
         select(
             bindparam("token_hash", type_=REFRESH_TOKENS.c.token_hash.type),
             bindparam("family_id", type_=REFRESH_TOKENS.c.family_id.type),
@@ -89,7 +91,7 @@ _STORED_SESSION = NEW_SESSION.cte("stored_session")
 _STORED_REFRESH_TOKEN = (
     insert(REFRESH_TOKENS)
     .from_select(
-        ["token_hash", "family_id", "user_id", "issued_at", "expires_at"],
+        REFRESH_TOKEN_COLUMNS,
         select(
             bindparam("token_hash", type_=REFRESH_TOKENS.c.token_hash.type),
             _STORED_SESSION.c.id,
