@@ -108,10 +108,10 @@ def build_service_app(
     app.add_middleware(RequestObservabilityMiddleware, service=service)
     # The service's own routes first: a request is matched against the routes in order, and every route tried
     # before the right one costs it time (docs/performance.md), so health, metrics and docs come last.
-    # Each included into the app itself: FastAPI walks every level of nested routers on every request.
-    for router in routers:
-        app.include_router(router)
-    app.include_router(health_router)
+    # The routers' routes become the app's own: FastAPI keeps an included router as a level of routing of its own,
+    # matched again on every request. Each route already holds its router's prefix, tags and responses.
+    for router in [*routers, health_router]:
+        app.router.routes.extend(router.routes)
     install_metrics_route(app)
     install_docs(app)
     return app

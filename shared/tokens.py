@@ -177,6 +177,10 @@ class JwksKeySource:
         self._fetch_done: threading.Event | None = None
         self.fetch_count = 0
 
+    def sole_key(self) -> None:
+        # A JWKS may gain a key at any time: the token's `kid` always picks the key.
+        return None
+
     def key_for(self, kid: str) -> Any | None:
         now = time.monotonic()
         key = self._keys.get(kid)
@@ -231,9 +235,14 @@ class JwksKeySource:
 class StaticKeySource:
     def __init__(self, keys: dict[str, Any]) -> None:
         self._keys = keys
+        self._sole_key = next(iter(keys.items())) if len(keys) == 1 else None
 
     def key_for(self, kid: str) -> Any | None:
         return self._keys.get(kid)
+
+    def sole_key(self) -> tuple[str, Any] | None:
+        """(kid, key) when this is the only key: a shared secret, or a public key with no previous one."""
+        return self._sole_key
 
 
 def build_key_source(settings: Settings) -> StaticKeySource | JwksKeySource:
@@ -296,11 +305,11 @@ class AccessTokenVerifier:
         self._settings = settings
         self._key_source = key_source
 
-    def verify(self, token: str) -> AccessClaims:
-        settings = self._settings
+    def _key_named_in(self, token: str) -> Any:
+        """The key of the token's `kid`, from a source of several keys (a JWKS, previous keys being retired)."""
         header = _unverified_header(token)
         # Checked before any key is looked up: `none` and HS256-with-a-public-key never get that far.
-        if header.get("alg") != settings.jwt_algorithm:
+        if header.get("alg") != self._settings.jwt_algorithm:
             raise InvalidAccessToken("algorithm not allowed")
         kid = header.get("kid")
         if not isinstance(kid, str):
@@ -308,8 +317,19 @@ class AccessTokenVerifier:
         key = self._key_source.key_for(kid)
         if key is None:
             raise InvalidAccessToken("unknown kid")
+        return key
+
+    def verify(self, token: str) -> AccessClaims:
+        settings = self._settings
+        sole_key = self._key_source.sole_key()
+        if sole_key is None:
+            expected_kid, key = None, self._key_named_in(token)
+        else:
+            # One key to try: its `kid` is compared once the signature holds, and the header is parsed only once,
+            # by PyJWT. `algorithms` still refuses `none` and HS256-with-a-public-key before any signature check.
+            expected_kid, key = sole_key
         try:
-            claims = jwt.decode(
+            decoded = jwt.decode_complete(
                 token,
                 key,
                 algorithms=[settings.jwt_algorithm],
@@ -320,6 +340,9 @@ class AccessTokenVerifier:
             )
         except jwt.PyJWTError as error:
             raise InvalidAccessToken(f"rejected: {type(error).__name__}") from None
+        if expected_kid is not None and decoded["header"].get("kid") != expected_kid:
+            raise InvalidAccessToken("unknown kid")
+        claims = decoded["payload"]
         if claims["type"] != ACCESS_TOKEN_TYPE:
             raise InvalidAccessToken("not an access token")
         subject = claims["sub"]
