@@ -4,6 +4,7 @@ Each service's `create_app(settings)` calls `build_service_app` with its own rou
 """
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
@@ -59,7 +60,14 @@ def build_service_app(
         mail_sender = start_mail_sender(settings)
         # Deletes rows past their retention now and then (shared/retention.py); stopped before the engine goes.
         retention = start_retention(engine=engine, settings=settings)
+        # What start-up made lives as long as the worker: out of the garbage collector's way, its garbage collected
+        # first. A full collection scanned all of it, holding the worker's event loop and threads meanwhile
+        # (docs/performance.md).
+        gc.collect()
+        gc.freeze()
         yield
+        # Collectable again: a process that builds many apps (a test suite) would otherwise keep every one.
+        gc.unfreeze()
         if retention is not None:
             await anyio.to_thread.run_sync(retention.stop)
         if mail_sender is not None:
