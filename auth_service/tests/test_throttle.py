@@ -6,12 +6,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from auth_service.tests.conftest import login, unique_address
 from shared.client_address import client_address
+from shared.database import run_statement
 from shared.models import LoginFailure
-from shared.throttle import RECORD_ATTEMPT_IN_ORDER, begin_attempt, login_limits, record_failure
+from shared.throttle import (
+    ATTEMPT_COUNTS,
+    ATTEMPT_COUNTS_BY_FUNCTION,
+    PENDING_ATTEMPT_LIFETIME,
+    RECORD_ATTEMPT_IN_ORDER,
+    begin_attempt,
+    login_limits,
+    record_failure,
+)
 
 WINDOW_SECONDS = 60
 LIMITS = {
@@ -287,3 +296,57 @@ def test_a_success_clears_the_failures_from_its_own_address(make_client, make_us
 
     # The count starts again: three more failures before the limit, as for a user with none.
     assert attempts_until_throttled(throttled, user.username) == 4
+
+
+def test_the_counts_function_counts_what_the_statement_counts(make_client):
+    """PostgreSQL counts through the function of migration 0003, SQLite through ATTEMPT_COUNTS: the same four
+    counts, over failures and pending attempts inside and outside the window, ahead and behind, stale or not."""
+    client = make_client(**LIMITS)
+    engine = client.app.state.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the function is PostgreSQL's")
+    key, address, now = ghost_username(), unique_address(), datetime.now(UTC)
+    # A window longer than a pending attempt's lifetime, as the default (900 s), so that stale attempts are in it.
+    window = timedelta(seconds=900)
+    window_start, stale_before = now - window, now - PENDING_ATTEMPT_LIFETIME
+    rows = [
+        # (key, address, seconds ago, pending)
+        (key, address, 10, False),  # a failure of both
+        (key, "192.0.2.1", 20, False),  # a failure of the key only
+        ("someone else", address, 30, False),  # a failure of the address only
+        (key, address, window.total_seconds() + 5, False),  # outside the window
+        (key, address, 5, True),  # pending, ahead of the attempt below
+        (key, address, PENDING_ATTEMPT_LIFETIME.total_seconds() + 1, True),  # stale pending: a failure
+        ("someone else", address, 4, True),  # pending, ahead, address only
+    ]
+    with engine.connect() as connection:
+        for row_key, row_address, seconds_ago, pending in rows:
+            connection.execute(
+                insert(LoginFailure).values(
+                    username=row_key,
+                    address=row_address,
+                    occurred_at=now - timedelta(seconds=seconds_ago),
+                    pending=pending,
+                )
+            )
+        attempt_id = connection.execute(
+            insert(LoginFailure).values(username=key, address=address, occurred_at=now, pending=True).returning(
+                LoginFailure.id
+            )
+        ).scalar_one()
+        # Pending behind the attempt (a larger id): not ahead of it.
+        connection.execute(insert(LoginFailure).values(username=key, address=address, occurred_at=now, pending=True))
+        connection.commit()
+        parameters = {
+            "throttle_key": key,
+            "address": address,
+            "attempt_id": attempt_id,
+            "window_start": window_start,
+            "stale_before": stale_before,
+        }
+        by_statement = run_statement(connection, ATTEMPT_COUNTS, parameters)[0]
+        by_function = run_statement(connection, ATTEMPT_COUNTS_BY_FUNCTION, parameters)[0]
+        # The function plans without bitmap scans only while it runs: the connection keeps the server's setting.
+        assert connection.exec_driver_sql("SHOW enable_bitmapscan").scalar() == "on"
+    assert tuple(by_function) == tuple(by_statement) == (3, 1, 3, 2)
+    assert by_function._fields == ("key_failures", "key_ahead", "address_failures", "address_ahead")
