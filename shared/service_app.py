@@ -117,7 +117,8 @@ def build_service_app(
     # The service's own routes first: a request is matched against the routes in order, and every route tried
     # before the right one costs it time (docs/performance.md), so health, metrics and docs come last.
     # The routers' routes become the app's own: FastAPI keeps an included router as a level of routing of its own,
-    # matched again on every request. Each route already holds its router's prefix, tags and responses.
+    # matched again on every request. Each route already holds its router's prefix, tags and responses; not
+    # `app.dependency_overrides`, which neither service nor any test uses.
     for router in [*routers, health_router]:
         app.router.routes.extend(router.routes)
     install_metrics_route(app)

@@ -317,9 +317,13 @@ def test_the_counts_function_counts_what_the_statement_counts(make_client):
         (key, address, window.total_seconds() + 5, False),  # outside the window
         (key, address, 5, True),  # pending, ahead of the attempt below
         (key, address, PENDING_ATTEMPT_LIFETIME.total_seconds() + 1, True),  # stale pending: a failure
+        (key, address, window.total_seconds(), False),  # on the window's start: outside
+        (key, address, PENDING_ATTEMPT_LIFETIME.total_seconds(), True),  # pending exactly that long: stale
         ("someone else", address, 4, True),  # pending, ahead, address only
     ]
     with engine.connect() as connection:
+        server_setting = connection.exec_driver_sql("SHOW enable_bitmapscan").scalar()
+        connection.rollback()
         for row_key, row_address, seconds_ago, pending in rows:
             connection.execute(
                 insert(LoginFailure).values(
@@ -347,6 +351,6 @@ def test_the_counts_function_counts_what_the_statement_counts(make_client):
         by_statement = run_statement(connection, ATTEMPT_COUNTS, parameters)[0]
         by_function = run_statement(connection, ATTEMPT_COUNTS_BY_FUNCTION, parameters)[0]
         # The function plans without bitmap scans only while it runs: the connection keeps the server's setting.
-        assert connection.exec_driver_sql("SHOW enable_bitmapscan").scalar() == "on"
-    assert tuple(by_function) == tuple(by_statement) == (3, 1, 3, 2)
+        assert connection.exec_driver_sql("SHOW enable_bitmapscan").scalar() == server_setting
+    assert tuple(by_function) == tuple(by_statement) == (4, 1, 4, 2)
     assert by_function._fields == ("key_failures", "key_ahead", "address_failures", "address_ahead")
