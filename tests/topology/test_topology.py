@@ -265,7 +265,8 @@ def test_pgbouncer_restarted_under_load_gives_503_with_retry_after_then_recovers
 
 def test_an_auth_replica_killed_under_load_costs_only_the_requests_it_held(topology: Topology) -> None:
     """SIGKILL of one auth replica (master and workers) under logins and reads through nginx: the requests it held
-    fail with 502 (nginx never resends a POST), nothing else does, and the other replica takes everything after."""
+    fail with 502 (nginx never resends a POST) or are cut off mid-answer, nothing else does, and the other replica
+    takes everything after."""
     accounts = [sign_up(topology) for _ in range(4)]
     victim, survivor = topology.replicas["auth"]
     victim_workers = victim.worker_pids()
@@ -289,7 +290,10 @@ def test_an_auth_replica_killed_under_load_costs_only_the_requests_it_held(topol
     before = [o for o in run.outcomes if o.finished < killed]
     assert any(o.worker and int(o.worker) in victim_workers for o in before), "the victim served nothing before"
     failures = run.failures()
-    assert {o.status for o in failures} <= {502, 503}, Counter(o.status for o in failures)
+    # What the dead replica held: a 502, or no status at all (0) when it died between writing a response's head and
+    # its body (nginx had passed the head on, so it can only close the client's connection), as the compose check
+    # allows too (tests/compose/test_compose.py).
+    assert {o.status for o in failures} <= {0, 502, 503}, Counter(o.status for o in failures)
     # Only what the dead replica held: at most one request per client thread, each sent before it died.
     assert len(failures) <= len(senders), failures
     assert all(o.started <= killed + 0.5 for o in failures), failures
