@@ -89,18 +89,25 @@ def log_timestamp(seconds: float) -> str:
     return f"{text}.{int((seconds - whole) * 1000):03d}Z"
 
 
+def log_entry(*, created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """One log line's fields in their order: when, level, logger, message, the request's id if in one, the rest."""
+    entry: dict[str, Any] = {"time": log_timestamp(created), "level": level, "logger": logger, "message": message}
+    context = request_context.get()
+    if context is not None:
+        entry["request_id"] = context["request_id"]
+    entry.update(fields)
+    return entry
+
+
 class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": log_timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        context = request_context.get()
-        if context is not None:
-            entry["request_id"] = context["request_id"]
-        entry.update(getattr(record, "fields", {}))
+        entry = log_entry(
+            created=record.created,
+            level=record.levelname.lower(),
+            logger=record.name,
+            message=record.getMessage(),
+            fields=getattr(record, "fields", {}),
+        )
         if record.exc_info:
             # The exception type and where it came from; messages may hold user input, so no text.
             entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
@@ -253,6 +260,7 @@ class RequestObservabilityMiddleware:
             latency_histogram.observe(duration)
             if self.logger.isEnabledFor(logging.INFO):
                 self._log_request(context, method=method, route=route, status=status, duration=duration)
+            # After the line: log_entry reads the request's id from the context.
             request_context.reset(token)
 
     def _log_request(self, context: dict[str, Any], *, method: str, route: str, status: int, duration: float) -> None:
@@ -265,14 +273,7 @@ class RequestObservabilityMiddleware:
             return
         # The line JsonLogFormatter would make, made here: a LogRecord and the trip through the logging module
         # would cost every request more than the rest of this middleware (docs/performance.md).
-        entry = {
-            "time": log_timestamp(time.time()),
-            "level": "info",
-            "logger": self.logger.name,
-            "message": "request",
-            "request_id": context["request_id"],
-            **fields,
-        }
+        entry = log_entry(created=time.time(), level="info", logger=self.logger.name, message="request", fields=fields)
         writer.add(_JSON_ENCODER.encode(entry))
 
     def _metrics_for(self, method: str, route: str, status: int) -> tuple[Any, Any]:
