@@ -158,8 +158,9 @@ ATTEMPT_COUNTS = select(
     _count(BY_ADDRESS, IS_FAILURE).label("address_failures"),
     _count(BY_ADDRESS, IS_AHEAD).label("address_ahead"),
 )
-# PostgreSQL: the same counts from the function of migration 0003, planned without bitmap scans, which would read
-# the index entries of every success's deleted row again until vacuum (the migration's docstring says why).
+# PostgreSQL: the same counts from the function of migrations 0003 and 0004, planned without bitmap scans, which
+# would read the index entries of every success's deleted row again until vacuum, and prepared once per server
+# connection (PL/pgSQL), not parsed and planned from scratch on every call (the migrations' docstrings say why).
 ATTEMPT_COUNTS_BY_FUNCTION = select(literal_column("*")).select_from(
     func.throttle_attempt_counts(
         bindparam("throttle_key", type_=String),

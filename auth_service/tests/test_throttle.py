@@ -299,8 +299,8 @@ def test_a_success_clears_the_failures_from_its_own_address(make_client, make_us
 
 
 def test_the_counts_function_counts_what_the_statement_counts(make_client):
-    """PostgreSQL counts through the function of migration 0003, SQLite through ATTEMPT_COUNTS: the same four
-    counts, over failures and pending attempts inside and outside the window, ahead and behind, stale or not."""
+    """PostgreSQL counts through the function of migrations 0003 and 0004, SQLite through ATTEMPT_COUNTS: the same
+    four counts, over failures and pending attempts inside and outside the window, ahead and behind, stale or not."""
     client = make_client(**LIMITS)
     engine = client.app.state.engine
     if engine.dialect.name != "postgresql":
@@ -354,3 +354,18 @@ def test_the_counts_function_counts_what_the_statement_counts(make_client):
         assert connection.exec_driver_sql("SHOW enable_bitmapscan").scalar() == server_setting
     assert tuple(by_function) == tuple(by_statement) == (4, 1, 4, 2)
     assert by_function._fields == ("key_failures", "key_ahead", "address_failures", "address_ahead")
+
+
+def test_the_counts_function_keeps_its_prepared_query_between_calls(make_client):
+    """Every login and key grant calls the counts function. PostgreSQL parses and plans a SQL-language function that
+    has a SET clause anew on each call, several times the cost of running these counts; PL/pgSQL keeps its prepared
+    query per connection. The SET that keeps bitmap scans out of it stays."""
+    engine = make_client(**LIMITS).app.state.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the function is PostgreSQL's")
+    with engine.connect() as connection:
+        language, settings = connection.exec_driver_sql(
+            "SELECT l.lanname, p.proconfig FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang"
+            " WHERE p.proname = 'throttle_attempt_counts'"
+        ).one()
+    assert (language, settings) == ("plpgsql", ["enable_bitmapscan=off"])

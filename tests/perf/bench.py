@@ -11,6 +11,7 @@ Figures are compared as ratios within one run: absolute numbers drift on a share
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -69,6 +70,10 @@ MIB = 1024 * 1024
 QUIET_CORES = 0.1
 QUIET_INTERVAL_SECONDS = 0.25
 QUIET_WAIT_SECONDS = 15
+# The hash-bound ceiling: bursts of Argon2 on every core, each about this long. Bursts of a quarter of a second
+# moved by up to a fifth from one to the next on a quiet machine; second-long ones by a few hundredths.
+CEILING_BURST_SECONDS = 1.0
+CEILING_BURSTS = 2
 
 
 @dataclass(frozen=True)
@@ -501,12 +506,13 @@ def one_verify_seconds(settings: Settings, password_hash: str) -> float:
 
 
 def all_cores_verify_rate(
-    settings: Settings, password_hash: str, *, cores: int, per_core: int = 4, rounds: int = 5
+    settings: Settings, password_hash: str, *, cores: int, verify_seconds: float, rounds: int
 ) -> float:
-    """Verifies per second with one running on every core at once and nothing else (the median of `rounds`): what
-    Argon2 itself gets out of the machine when its hashes share the caches and the memory bus. The ceiling assumes
-    they scale perfectly."""
+    """Verifies per second with one running on every core at once and nothing else (the median of `rounds` bursts
+    of about CEILING_BURST_SECONDS each): what Argon2 itself gets out of the machine when its hashes share the
+    caches and the memory bus."""
     hasher = PasswordHasher(settings.model_copy(update={"password_hash_concurrency": cores}))
+    per_core = max(4, math.ceil(CEILING_BURST_SECONDS / verify_seconds))
 
     def verify_in_turn() -> None:
         for _ in range(per_core):
@@ -663,13 +669,11 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
         *scenario.script_args(run),
     ]
     quiet_after = wait_until_quiet(run)
-    # The login ceiling, measured again just before each login storm: the machine's speed drifts over minutes,
-    # and a ceiling from the start of the run would not match. One verify's time for `cores / verify`, and the
-    # rate Argon2 itself reaches with every core verifying at once, which is what bounds logins.
+    # The login ceiling, measured again around each login storm: the machine's speed drifts over minutes, and a
+    # ceiling from the start of the run would not match. One verify's time for `cores / verify`, and the rate
+    # Argon2 itself reaches with every core verifying at once, which is what bounds logins.
     verify_before = one_verify_seconds(run.settings, run.password_hash) if scenario.storm else None
-    all_cores_before = (
-        all_cores_verify_rate(run.settings, run.password_hash, cores=cpu_count(), rounds=3) if scenario.storm else None
-    )
+    all_cores_before = storm_ceiling(run, verify_before) if verify_before else None
     workers = worker_pids(process)
     with ExitStack() as stack:
         memory = stack.enter_context(PeakMemory(process))
@@ -686,6 +690,11 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
         worker_cpu = [by_worker[pid] - by_worker_before[pid] for pid in by_worker if pid in by_worker_before]
         cpu_used = sum(worker_cpu)
         database_used = cpu_seconds(database) - database_before
+    all_cores_after = None
+    if verify_before:
+        # Once the logins wrk left in flight are done, the ceiling again: the round lies between the two.
+        wait_until_quiet(run)
+        all_cores_after = storm_ceiling(run, verify_before)
     summary_line = next((line for line in finished.stdout.splitlines() if line.startswith("BENCH_JSON ")), None)
     if finished.returncode != 0 or summary_line is None:
         raise RuntimeError(f"wrk failed for {scenario.name} ({finished.returncode}): {finished.stderr.strip()[:500]}")
@@ -716,7 +725,16 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
         "quiet_after_seconds": quiet_after,
         "verify_seconds_before": verify_before,
         "all_cores_verifies_before": all_cores_before,
+        "all_cores_verifies_after": all_cores_after,
+        "ceiling": (all_cores_before + all_cores_after) / 2 if all_cores_before and all_cores_after else None,
     }
+
+
+def storm_ceiling(run: BenchRun, verify_seconds: float) -> float:
+    """Argon2 alone on every core, as measured on either side of a login storm's round."""
+    return all_cores_verify_rate(
+        run.settings, run.password_hash, cores=cpu_count(), verify_seconds=verify_seconds, rounds=CEILING_BURSTS
+    )
 
 
 def start_processes(run: BenchRun, workers: int, logs: Path) -> None:
@@ -910,9 +928,9 @@ def storm_verify_seconds(storm: dict) -> list[float]:
 
 
 def login_ceiling_ratio(storm: dict) -> float:
-    """The median over the login storm's rounds of its login rate / the rate of Argon2 alone on every core, measured
-    just before it: the hash-bound ceiling."""
-    return statistics.median(ratio(one["rps"], one["all_cores_verifies_before"]) for one in storm["repeats"])
+    """The median over the login storm's rounds of its login rate / the rate of Argon2 alone on every core, the mean
+    of its measurements just before and just after the round: the hash-bound ceiling."""
+    return statistics.median(ratio(one["rps"], one["ceiling"]) for one in storm["repeats"])
 
 
 def perfect_scaling_ratio(storm: dict, cores: int) -> float:
@@ -1010,10 +1028,12 @@ def build_report(
             None,
         )
         if "users_sign_up" in main:
-            # Sign-ups hash too; against Argon2's all-core rate measured before each storm round, as the logins are.
+            # Sign-ups hash too; against Argon2's all-core rate measured around each storm round, as the logins are.
             storms = main["token_password"]["repeats"]
-            storm_ceiling = statistics.median(one["all_cores_verifies_before"] for one in storms)
-            check("sign-up rate / hash-bound ceiling", ratio(rps("users_sign_up"), storm_ceiling), "(context)", None)
+            ceiling_of_storms = statistics.median(one["ceiling"] for one in storms)
+            check(
+                "sign-up rate / hash-bound ceiling", ratio(rps("users_sign_up"), ceiling_of_storms), "(context)", None
+            )
     scaling_rows = {}
     if scaling:
         for name, one in scaling.items():
@@ -1044,8 +1064,9 @@ def build_report(
         "verify_ms": verify_seconds * 1000,
         "perfect_scaling_ceiling_rps": ceiling,
         "verify_ms_before_storms": [seconds * 1000 for seconds in storm_verifies],
-        "all_cores_verifies_before_storms": [
-            one["all_cores_verifies_before"] for one in main.get("token_password", {}).get("repeats", [])
+        "all_cores_verifies_around_storms": [
+            (one["all_cores_verifies_before"], one["all_cores_verifies_after"])
+            for one in main.get("token_password", {}).get("repeats", [])
         ],
         "all_cores_verifies_per_second": all_cores_verifies,
         "scenarios": main,
@@ -1083,13 +1104,18 @@ def format_table(report: dict) -> str:
             f" | {ratio(one['p99_ms'], one['p50_ms']):.1f} | {errors} | {one['peak_rss_mib_per_worker']:.0f}"
             f" | {one['cpu_ms_per_request']:.2f} | {one['database_cpu_ms_per_request']:.2f} |"
         )
+    around_storms = ", ".join(
+        f"{before:.1f}/{after:.1f}" for before, after in report.get("all_cores_verifies_around_storms", [])
+    )
     lines += [
         "",
         f"The hash-bound login ceiling is Argon2 alone with every core verifying at once:"
         f" {report['all_cores_verifies_per_second']:.1f} verifies/s before the load, and"
-        f" {', '.join(f'{rate:.1f}' for rate in report.get('all_cores_verifies_before_storms', [])) or 'not measured'}"
-        " just before each round of the login storm (the login ratio is the median of the rounds' login rate / that"
-        f" round's ceiling). One Argon2 verify: {report['verify_ms']:.1f} ms before the load ({machine['cores']}"
+        f" {around_storms or 'not measured'}"
+        " just before/just after each round of the login storm, each the median of"
+        f" {CEILING_BURSTS} bursts of about {CEILING_BURST_SECONDS:.0f} s (the login ratio is the median of the rounds'"
+        " login rate / the mean of that round's two)."
+        f" One Argon2 verify: {report['verify_ms']:.1f} ms before the load ({machine['cores']}"
         f" cores / verify = {report['perfect_scaling_ceiling_rps']:.1f} logins/s if hashes scaled perfectly), and"
         f" {', '.join(f'{ms:.1f}' for ms in report.get('verify_ms_before_storms', [])) or 'not timed'} ms just before"
         " each round of the storm."
@@ -1136,7 +1162,9 @@ def run_bench(config: BenchConfig, *, wrk: str, work_dir: Path) -> dict:
         print(f"bench: seeding {config.users} users", flush=True)
         run.password_hash = seed(run)
         verify_seconds = one_verify_seconds(settings, run.password_hash)
-        all_cores_verifies = all_cores_verify_rate(settings, run.password_hash, cores=cpu_count())
+        all_cores_verifies = all_cores_verify_rate(
+            settings, run.password_hash, cores=cpu_count(), verify_seconds=verify_seconds, rounds=3
+        )
         machine = {**machine_description(database_url), "scheduler": scheduler}
         cleanup.callback(stop_processes, run)
         start_processes(run, config.workers, logs)
