@@ -356,7 +356,7 @@ def test_the_counts_function_counts_what_the_statement_counts(make_client):
     assert by_function._fields == ("key_failures", "key_ahead", "address_failures", "address_ahead")
 
 
-def test_the_counts_function_keeps_its_prepared_query_between_calls(make_client):
+def test_the_counts_function_is_plpgsql_with_bitmap_scans_off(make_client):
     """Every login and key grant calls the counts function. PostgreSQL parses and plans a SQL-language function that
     has a SET clause anew on each call, several times the cost of running these counts; PL/pgSQL keeps its prepared
     query per connection. The SET that keeps bitmap scans out of it stays."""
@@ -366,6 +366,6 @@ def test_the_counts_function_keeps_its_prepared_query_between_calls(make_client)
     with engine.connect() as connection:
         language, settings = connection.exec_driver_sql(
             "SELECT l.lanname, p.proconfig FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang"
-            " WHERE p.proname = 'throttle_attempt_counts'"
+            " WHERE p.oid = 'throttle_attempt_counts'::regproc"
         ).one()
     assert (language, settings) == ("plpgsql", ["enable_bitmapscan=off"])

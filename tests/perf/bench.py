@@ -70,8 +70,8 @@ MIB = 1024 * 1024
 QUIET_CORES = 0.1
 QUIET_INTERVAL_SECONDS = 0.25
 QUIET_WAIT_SECONDS = 15
-# The hash-bound ceiling: bursts of Argon2 on every core, each about this long. Bursts of a quarter of a second
-# moved by up to a fifth from one to the next on a quiet machine; second-long ones by a few hundredths.
+# The hash-bound ceiling: bursts of Argon2 on every core, each about this long. Bursts of 4 verifies per core
+# (about 0.12 s) moved by up to a fifth from one to the next on a quiet machine; second-long ones by a few hundredths.
 CEILING_BURST_SECONDS = 1.0
 CEILING_BURSTS = 2
 
@@ -649,7 +649,9 @@ SCENARIOS = [
 SCALING_SCENARIOS = ("ref_db", "users_me", "token_password")
 
 
-def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path | None = None) -> dict[str, object]:
+def run_wrk(
+    run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path | None = None, warm_up: bool = False
+) -> dict[str, object]:
     process = run.processes[scenario.service]
     connections = run.config.storm_connections if scenario.storm or scenario.hashes else run.config.connections
     command = [
@@ -672,7 +674,8 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
     # The login ceiling, measured again around each login storm: the machine's speed drifts over minutes, and a
     # ceiling from the start of the run would not match. One verify's time for `cores / verify`, and the rate
     # Argon2 itself reaches with every core verifying at once, which is what bounds logins.
-    verify_before = one_verify_seconds(run.settings, run.password_hash) if scenario.storm else None
+    measures_ceiling = scenario.storm and not warm_up
+    verify_before = one_verify_seconds(run.settings, run.password_hash) if measures_ceiling else None
     all_cores_before = storm_ceiling(run, verify_before) if verify_before else None
     workers = worker_pids(process)
     with ExitStack() as stack:
@@ -690,14 +693,14 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
         worker_cpu = [by_worker[pid] - by_worker_before[pid] for pid in by_worker if pid in by_worker_before]
         cpu_used = sum(worker_cpu)
         database_used = cpu_seconds(database) - database_before
-    all_cores_after = None
-    if verify_before:
-        # Once the logins wrk left in flight are done, the ceiling again: the round lies between the two.
-        wait_until_quiet(run)
-        all_cores_after = storm_ceiling(run, verify_before)
     summary_line = next((line for line in finished.stdout.splitlines() if line.startswith("BENCH_JSON ")), None)
     if finished.returncode != 0 or summary_line is None:
         raise RuntimeError(f"wrk failed for {scenario.name} ({finished.returncode}): {finished.stderr.strip()[:500]}")
+    all_cores_after = quiet_after_storm = None
+    if verify_before:
+        # Once the logins wrk left in flight are done, the ceiling again: the round lies between the two.
+        quiet_after_storm = wait_until_quiet(run)
+        all_cores_after = storm_ceiling(run, verify_before)
     figures = json.loads(summary_line.removeprefix("BENCH_JSON "))
     seconds_measured = figures["duration_us"] / 1e6
     socket_errors = sum(figures[name] for name in ("connect_errors", "read_errors", "write_errors", "timeouts"))
@@ -726,7 +729,9 @@ def run_wrk(run: BenchRun, scenario: Scenario, seconds: int, *, profile_to: Path
         "verify_seconds_before": verify_before,
         "all_cores_verifies_before": all_cores_before,
         "all_cores_verifies_after": all_cores_after,
-        "ceiling": (all_cores_before + all_cores_after) / 2 if all_cores_before and all_cores_after else None,
+        "quiet_after_storm_seconds": quiet_after_storm,
+        # The round's hash-bound ceiling: Argon2 alone on every core, the mean of the measurements around it.
+        "all_cores_verifies_mean": (all_cores_before + all_cores_after) / 2 if all_cores_after else None,
     }
 
 
@@ -773,7 +778,7 @@ def measure(run: BenchRun, scenarios: list[Scenario], *, phase: str) -> dict[str
     if config.warmup_seconds:
         for scenario in scenarios:
             print(f"bench: [{phase}] warm-up {scenario.name}", flush=True)
-            warm = run_wrk(run, scenario, config.warmup_seconds)
+            warm = run_wrk(run, scenario, config.warmup_seconds, warm_up=True)
             # Warm-up failures count too: zero non-2xx means zero from the first request on.
             warm_errors = {"non2xx": warm["non2xx"], "socket_errors": warm["socket_errors"]}
             run.work_dir.joinpath(f"warmup-{phase}-{scenario.name}.json").write_text(json.dumps(warm_errors))
@@ -930,7 +935,7 @@ def storm_verify_seconds(storm: dict) -> list[float]:
 def login_ceiling_ratio(storm: dict) -> float:
     """The median over the login storm's rounds of its login rate / the rate of Argon2 alone on every core, the mean
     of its measurements just before and just after the round: the hash-bound ceiling."""
-    return statistics.median(ratio(one["rps"], one["ceiling"]) for one in storm["repeats"])
+    return statistics.median(ratio(one["rps"], one["all_cores_verifies_mean"]) for one in storm["repeats"])
 
 
 def perfect_scaling_ratio(storm: dict, cores: int) -> float:
@@ -1030,7 +1035,7 @@ def build_report(
         if "users_sign_up" in main:
             # Sign-ups hash too; against Argon2's all-core rate measured around each storm round, as the logins are.
             storms = main["token_password"]["repeats"]
-            ceiling_of_storms = statistics.median(one["ceiling"] for one in storms)
+            ceiling_of_storms = statistics.median(one["all_cores_verifies_mean"] for one in storms)
             check(
                 "sign-up rate / hash-bound ceiling", ratio(rps("users_sign_up"), ceiling_of_storms), "(context)", None
             )
