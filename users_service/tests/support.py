@@ -1,15 +1,21 @@
-"""What the users service's tests share besides fixtures: accounts, response-shape checks, reads of the users table."""
+"""What the users service's tests share besides fixtures: accounts, response-shape checks, reads of the users table, the
+log lines the process writes."""
 
 import secrets
+import sys
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from sqlalchemy import func, select
 
 from shared.models import RefreshToken, User, UserSession
+from shared.observability import configure_logging, flush_logs
 
 # The bootstrap admin's password in the suite's settings.
 ADMIN_PASSWORD = "admin password 1"
@@ -132,3 +138,25 @@ def add_refresh_token(client: TestClient, user_id: int, *, expires_at: datetime,
 def stored_refresh_token(client: TestClient, token_id: int) -> RefreshToken | None:
     with client.app.state.session_factory() as session:
         return session.get(RefreshToken, token_id)
+
+
+@contextmanager
+def stdout_log_lines(path: Path, *, level: str) -> Iterator[Callable[[], list[str]]]:
+    """Logging at `level` written to the file `path` as the process's stdout; yields a reader of the lines written
+    so far (flushed first). Logging goes back to stdout at INFO afterwards."""
+    with path.open("w") as stdout:
+        # configure_logging takes sys.stdout as it is when called (pytest puts its own back between test phases).
+        real_stdout, sys.stdout = sys.stdout, stdout
+        try:
+            configure_logging(level)
+        finally:
+            sys.stdout = real_stdout
+
+        def written() -> list[str]:
+            flush_logs()
+            return path.read_text().splitlines()
+
+        try:
+            yield written
+        finally:
+            configure_logging("INFO")

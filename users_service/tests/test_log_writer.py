@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shared import observability
+from users_service.tests.support import stdout_log_lines
 
 QUEUE_LINES = 50
 LINE = "x" * 1000
@@ -53,16 +54,10 @@ def test_logging_does_not_wait_for_a_stdout_that_stopped_reading(stalled_stdout:
     assert 2000 - dropped <= 2 * QUEUE_LINES + 70
 
 
-def test_queued_lines_are_written_when_logging_is_flushed(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = (tmp_path / "stdout.txt").open("w")
-    monkeypatch.setattr(sys, "stdout", out)
-    observability.configure_logging("INFO")
-    monkeypatch.undo()
-    for number in range(100):
-        logging.getLogger("users.access").info("line %d", number)
-    observability.flush_logs()
-    out.close()
-    observability.configure_logging("INFO")
-    lines = (tmp_path / "stdout.txt").read_text().splitlines()
+def test_queued_lines_are_written_when_logging_is_flushed(tmp_path) -> None:
+    with stdout_log_lines(tmp_path / "stdout.txt", level="INFO") as written:
+        for number in range(100):
+            logging.getLogger("users.access").info("line %d", number)
+        lines = written()
     assert [line.count('"message": "line ') for line in lines] == [1] * 100
     assert '"message": "line 99"' in lines[-1]

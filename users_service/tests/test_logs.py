@@ -3,7 +3,6 @@
 import json
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -12,29 +11,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.observability import configure_logging, flush_logs
-from users_service.tests.support import Account, bearer, stored_user, unique_username
+from users_service.tests.support import Account, bearer, stdout_log_lines, stored_user, unique_username
 
 SECRET_PASSWORD = "Log-Secret-Password-77"
 JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
-def logged_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[str]]]:
+def logged_lines(tmp_path: Path) -> Iterator[Callable[[], list[str]]]:
     """Every line logged from now on at DEBUG and above, as the process writes them to stdout; the request lines
     too, which do not go through the logging module's handlers (shared/observability.py)."""
-    path = tmp_path / "stdout.txt"
-    with path.open("w") as stdout:
-        monkeypatch.setattr(sys, "stdout", stdout)
-        configure_logging("DEBUG")
-        monkeypatch.undo()
-
-        def written() -> list[str]:
-            flush_logs()
-            return path.read_text().splitlines()
-
+    with stdout_log_lines(tmp_path / "stdout.txt", level="DEBUG") as written:
         yield written
-        configure_logging("INFO")
 
 
 def test_requests_with_secrets_leave_none_in_the_logs(
