@@ -16,7 +16,7 @@ from shared.database import run_statement
 from shared.models import ApiKey, User, as_utc
 from shared.settings import Settings
 from shared.throttle import (
-    begin_attempt,
+    begin_attempt_and_read,
     clear_failures,
     forget_attempt,
     login_limits,
@@ -136,13 +136,16 @@ def client_credentials_token(
     or an owner deactivated after the check is caught by the liveness check on each request the token makes.
     """
     throttle_key = throttle_key_for_client(client_id)
-    attempt_id = begin_attempt(
-        connection=connection, limits=login_limits(settings), key=throttle_key, address=address, now=now
+    # A client id no key can have reads nothing.
+    attempt_id, key = begin_attempt_and_read(
+        connection=connection,
+        limits=login_limits(settings),
+        key=throttle_key,
+        address=address,
+        now=now,
+        read=KEY_WITH_OWNER if _could_be_client_id(client_id) else None,
+        read_parameters={"client_id": client_id},
     )
-    found = (
-        run_statement(connection, KEY_WITH_OWNER, {"client_id": client_id}) if _could_be_client_id(client_id) else []
-    )
-    key = found[0] if found else None
     if (
         key is None
         or not secret_matches(client_id=client_id, client_secret=client_secret, secret_hash=key.secret_hash)

@@ -21,10 +21,11 @@ from shared.settings import Settings
 from shared.throttle import (
     ATTEMPTS,
     CLEAR_FAILURES,
-    begin_login_attempt,
+    begin_attempt_and_read,
     clear_failures,
     clearing_parameters,
     forget_attempt,
+    login_limits,
     record_failure,
     throttle_key_for_username,
 )
@@ -161,21 +162,24 @@ def login_with_password(
     """Checks the throttle, then the password (against a dummy hash for unknown users), then issues tokens.
 
     Every statement commits on its own (`run_statement`): no transaction, and behind Neon's pooler no server
-    connection, is held while the password waits for and runs its hash. After the hash, the session, its first
+    connection, is held while the password waits for and runs its hash. Before the hash, the pending attempt, its
+    counts and the user are one statement on PostgreSQL (`begin_attempt_and_read`). After it, the session, its first
     refresh token and the clearing of the throttle's failures are one statement (`STORE_LOGIN`; on SQLite a short
     transaction, `store_new_session`, then `clear_failures`), stored only if the user has not changed since it was
-    read. Nothing else needs another's atomicity: the attempt is committed (pending)
-    before the counts that must see it, and a crash before the attempt is decided
-    leaves a pending row that counts as a failure once it is stale (shared.throttle).
+    read. Nothing else needs another's atomicity: the attempt is committed (pending) before the hash, and a crash
+    before the attempt is decided leaves a pending row that counts as a failure once it is stale (shared.throttle).
     """
     username_key = throttle_key_for_username(username)
-    attempt_id = begin_login_attempt(
-        connection=connection, settings=settings, username_key=username_key, address=address, now=now
+    # A name no user can have reads nothing.
+    attempt_id, user = begin_attempt_and_read(
+        connection=connection,
+        limits=login_limits(settings),
+        key=username_key,
+        address=address,
+        now=now,
+        read=USER_FOR_LOGIN if USERNAME_REGEX.fullmatch(username) else None,
+        read_parameters={"username": username.lower()},
     )
-    user = None
-    if USERNAME_REGEX.fullmatch(username):
-        found = run_statement(connection, USER_FOR_LOGIN, {"username": username.lower()})
-        user = found[0] if found else None
     try:
         if user is None:
             hasher.verify_dummy(password=password)

@@ -11,16 +11,21 @@ Every statement commits on its own (`run_statement`): no transaction is held whi
 """
 
 import contextlib
+import functools
 import hashlib
 import math
 import time
+from collections import namedtuple
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     DateTime,
     Integer,
+    Select,
     String,
     and_,
     bindparam,
@@ -28,7 +33,6 @@ from sqlalchemy import (
     false,
     func,
     insert,
-    literal,
     literal_column,
     or_,
     select,
@@ -111,28 +115,23 @@ _NEW_ATTEMPT = select(
     bindparam("now", type_=DateTime(timezone=True)),
     true(),
 )
-# Advisory locks on the key and on the address, held by the insert's own one-statement transaction until its commit:
-# attempts of one key (or address) then commit in the order of their ids, so an attempt's counts, run after its
-# insert committed, see every attempt with a smaller id. Without it a smaller id could commit later, unseen, and both
-# be let through. The key first, then the address, in two lock spaces: no two inserts wait for each other in a cycle.
-# The insert commits asynchronously (`synchronous_commit` off for its own transaction only), so the locks are released
-# without waiting for the WAL flush: attempts from one address (a NAT, a proxy) queue here one after another. A crash
-# can lose only attempts still pending then: the statement that decides an attempt commits synchronously, which
-# flushes the insert's earlier commit record too, and a failure whose pending row was lost is recorded anew.
-_KEY_LOCKED = select(
-    func.pg_advisory_xact_lock(literal(1, Integer), func.hashtext(bindparam("throttle_key", type_=String))).label("k"),
-    func.set_config("synchronous_commit", "off", true()).label("asynchronous_commit"),
-).cte("key_locked")
-_ADDRESS_LOCKED = (
-    select(
-        func.pg_advisory_xact_lock(literal(2, Integer), func.hashtext(bindparam("address", type_=String))).label("a")
-    )
-    .select_from(_KEY_LOCKED)
-    .cte("address_locked")
-)
-RECORD_ATTEMPT_IN_ORDER = (
-    insert(ATTEMPTS).from_select(_ATTEMPT_COLUMNS, _NEW_ATTEMPT.select_from(_ADDRESS_LOCKED)).returning(ATTEMPTS.c.id)
-)
+# PostgreSQL: the attempt recorded and counted in one round trip, by the function of migration 0005. It takes
+# advisory locks on the key and on the address, held by its transaction until its commit: attempts of one key (or
+# address) then commit in the order of their ids, and its counts, run after its insert on a snapshot of their own, see
+# every attempt with a smaller id. Without the locks a smaller id could commit later, unseen, and both be let through.
+# Its transaction commits asynchronously (`synchronous_commit` off for that transaction only), so the locks are
+# released without waiting for the WAL flush: attempts from one address (a NAT, a proxy) queue there one after
+# another. A crash can lose only attempts still pending then: the statement that decides an attempt commits
+# synchronously, which flushes the earlier commit record too, and a failure whose pending row was lost is recorded
+# anew.
+_BEGUN_ATTEMPT = func.throttle_begin_attempt(
+    bindparam("throttle_key", type_=String),
+    bindparam("address", type_=String),
+    bindparam("now", type_=DateTime(timezone=True)),
+    bindparam("window_start", type_=DateTime(timezone=True)),
+    bindparam("stale_before", type_=DateTime(timezone=True)),
+).table_valued("attempt_id", "key_failures", "key_ahead", "address_failures", "address_ahead", name="begun")
+BEGIN_ATTEMPT_BY_FUNCTION = select(_BEGUN_ATTEMPT)
 # SQLite (`make run`) has one writer at a time: ids are handed out in commit order already.
 RECORD_ATTEMPT = insert(ATTEMPTS).from_select(_ATTEMPT_COLUMNS, _NEW_ATTEMPT).returning(ATTEMPTS.c.id)
 
@@ -220,48 +219,124 @@ def begin_attempt(*, connection: Connection, limits: ThrottleLimits, key: str, a
     be decided, up to `limits.wait_seconds` (then AttemptsAheadBusy). The caller then ends the attempt with
     `record_failure`, `clear_failures` (success) or `forget_attempt` (not checked after all).
     """
+    attempt_id, _ = begin_attempt_and_read(
+        connection=connection, limits=limits, key=key, address=address, now=now, read=None
+    )
+    return attempt_id
+
+
+def begin_attempt_and_read(
+    *,
+    connection: Connection,
+    limits: ThrottleLimits,
+    key: str,
+    address: str,
+    now: datetime,
+    read: Select | None,
+    read_parameters: Mapping[str, object] | None = None,
+) -> tuple[int, Any]:
+    """`begin_attempt`, and the first row of `read` (None if it finds none), read once the attempt's turn has come.
+
+    On PostgreSQL the row comes with the attempt and its first counts, in one round trip; an attempt that had to wait
+    for those ahead of it reads it again, so it is never older than the turn. `read` names no column like the counts.
+    """
     # Rows outside the window count for nothing (every count reads only the window); the retention pass deletes them
     # (shared.retention), so no attempt pays a statement for it.
-    record = RECORD_ATTEMPT_IN_ORDER if connection.dialect.name == "postgresql" else RECORD_ATTEMPT
-    attempt_id = run_statement(connection, record, {"throttle_key": key, "address": address, "now": now})[0].id
+    first_counts = found = None
+    if connection.dialect.name == "postgresql":
+        statement, read_row = (BEGIN_ATTEMPT_BY_FUNCTION, None) if read is None else _begun_with(read)
+        parameters = {
+            "throttle_key": key,
+            "address": address,
+            "now": now,
+            **_window_parameters(limits=limits, moment=now),
+            **(read_parameters if read is not None and read_parameters else {}),
+        }
+        first_counts = run_statement(connection, statement, parameters)[0]
+        attempt_id = first_counts.attempt_id
+        if read_row is not None and first_counts.read_found:
+            found = read_row._make(first_counts[len(BEGIN_ATTEMPT_BY_FUNCTION.selected_columns) : -1])
+    else:
+        attempt = {"throttle_key": key, "address": address, "now": now}
+        attempt_id = run_statement(connection, RECORD_ATTEMPT, attempt)[0].id
     try:
-        _wait_for_turn(connection=connection, limits=limits, key=key, address=address, now=now, attempt_id=attempt_id)
+        waited = _wait_for_turn(
+            connection=connection,
+            limits=limits,
+            key=key,
+            address=address,
+            now=now,
+            attempt_id=attempt_id,
+            first_counts=first_counts,
+        )
     except BaseException:
         # Throttled, given up, or the database failed: this attempt checked no secret and must not count.
         with contextlib.suppress(DBAPIError):
             forget_attempt(connection=connection, attempt_id=attempt_id)
         raise
-    return attempt_id
+    if read is not None and (waited or first_counts is None):
+        rows = run_statement(connection, read, read_parameters)
+        found = rows[0] if rows else None
+    return attempt_id, found
+
+
+@functools.lru_cache(maxsize=16)
+def _begun_with(read: Select) -> tuple[Select, type]:
+    """`BEGIN_ATTEMPT_BY_FUNCTION` with `read`'s columns and `read_found` beside the counts (NULLs if it finds no
+    row), and the named tuple of `read`'s own columns."""
+    names = tuple(read.selected_columns.keys())
+    if set(names) & {*BEGIN_ATTEMPT_BY_FUNCTION.selected_columns.keys(), "read_found"}:
+        raise ValueError(f"read names a column like the attempt's: {names}")
+    found = read.add_columns(true().label("read_found")).subquery("read")
+    statement = select(_BEGUN_ATTEMPT, *found.c).select_from(_BEGUN_ATTEMPT.outerjoin(found, true()))
+    return statement, namedtuple("Row", names)  # noqa: PYI024
+
+
+def _window_parameters(*, limits: ThrottleLimits, moment: datetime) -> dict[str, datetime]:
+    return {
+        "window_start": moment - timedelta(seconds=limits.window_seconds),
+        "stale_before": moment - PENDING_ATTEMPT_LIFETIME,
+    }
 
 
 def _wait_for_turn(
-    *, connection: Connection, limits: ThrottleLimits, key: str, address: str, now: datetime, attempt_id: int
-) -> None:
-    window = timedelta(seconds=limits.window_seconds)
+    *,
+    connection: Connection,
+    limits: ThrottleLimits,
+    key: str,
+    address: str,
+    now: datetime,
+    attempt_id: int,
+    first_counts: Any,
+) -> bool:
+    """Returns once the attempt may check its secret (True if it had to wait); `first_counts` are its counts at
+    `now` when they came with the attempt."""
     counting = ATTEMPT_COUNTS_BY_FUNCTION if connection.dialect.name == "postgresql" else ATTEMPT_COUNTS
     started = time.monotonic()
     pause = FIRST_PAUSE_SECONDS
+    counts, waited = first_counts, False
     while True:
         moment = now + timedelta(seconds=time.monotonic() - started)
         parameters = {
             "throttle_key": key,
             "address": address,
             "attempt_id": attempt_id,
-            "window_start": moment - window,
-            "stale_before": moment - PENDING_ATTEMPT_LIFETIME,
+            **_window_parameters(limits=limits, moment=moment),
         }
-        counts = run_statement(connection, counting, parameters)[0]
+        if counts is None:
+            counts = run_statement(connection, counting, parameters)[0]
         if counts.key_failures >= limits.per_key or counts.address_failures >= limits.per_address:
             raise Throttled(_retry_after(connection=connection, limits=limits, parameters=parameters, now=moment))
         if (
             counts.key_failures + counts.key_ahead < limits.per_key
             and counts.address_failures + counts.address_ahead < limits.per_address
         ):
-            return
+            return waited
         if time.monotonic() - started + pause > limits.wait_seconds:
             raise AttemptsAheadBusy
         time.sleep(pause)
         pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
+        counts, waited = None, True
 
 
 def _retry_after(*, connection: Connection, limits: ThrottleLimits, parameters: dict, now: datetime) -> int:

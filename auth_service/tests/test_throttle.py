@@ -8,16 +8,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, insert, select, update
 
+from auth_service.service import USER_FOR_LOGIN
 from auth_service.tests.conftest import login, unique_address
 from shared.client_address import client_address
 from shared.database import run_statement
-from shared.models import LoginFailure
+from shared.models import LoginFailure, User
 from shared.throttle import (
     ATTEMPT_COUNTS,
     ATTEMPT_COUNTS_BY_FUNCTION,
+    BEGIN_ATTEMPT_BY_FUNCTION,
     PENDING_ATTEMPT_LIFETIME,
-    RECORD_ATTEMPT_IN_ORDER,
     begin_attempt,
+    begin_attempt_and_read,
     login_limits,
     record_failure,
 )
@@ -257,14 +259,103 @@ def test_the_asynchronous_commit_of_an_attempt_ends_with_its_own_transaction(mak
     engine = client.app.state.engine
     if engine.dialect.name != "postgresql":
         pytest.skip("asynchronous commit is PostgreSQL's")
-    parameters = {"throttle_key": ghost_username(), "address": unique_address(), "now": datetime.now(UTC)}
+    parameters = begin_parameters(ghost_username(), unique_address())
     with engine.connect() as connection:
         before = connection.exec_driver_sql("SHOW synchronous_commit").scalar()
         connection.rollback()
         with connection.begin():
-            connection.execute(RECORD_ATTEMPT_IN_ORDER, parameters)
+            connection.execute(BEGIN_ATTEMPT_BY_FUNCTION, parameters)
             assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
         assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == before != "off"
+
+
+def begin_parameters(key: str, address: str) -> dict[str, object]:
+    now = datetime.now(UTC)
+    return {
+        "throttle_key": key,
+        "address": address,
+        "now": now,
+        "window_start": now - timedelta(seconds=WINDOW_SECONDS),
+        "stale_before": now - PENDING_ATTEMPT_LIFETIME,
+    }
+
+
+def test_an_attempt_counts_the_one_ahead_that_committed_while_it_waited_for_the_lock(make_client):
+    """The attempt is recorded and counted by one function call: its counts must still see an attempt of the same key
+    with a smaller id that committed while this one waited for the key's lock (a single statement's snapshot, taken
+    before the wait, would not, and both would be let through)."""
+    engine = make_client(**LIMITS).app.state.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the function and its locks are PostgreSQL's")
+    key = ghost_username()
+    begun: list = []
+    with engine.connect() as ahead, engine.connect() as behind:
+        ahead.exec_driver_sql("SELECT pg_advisory_xact_lock(1, hashtext(%(key)s))", {"key": key})
+        ahead.execute(
+            insert(LoginFailure).values(
+                username=key, address=unique_address(), occurred_at=datetime.now(UTC), pending=True
+            )
+        )
+        waiting = threading.Thread(
+            target=lambda: begun.extend(
+                run_statement(behind, BEGIN_ATTEMPT_BY_FUNCTION, begin_parameters(key, unique_address()))
+            )
+        )
+        waiting.start()
+        with engine.connect() as observer:
+            for _ in range(100):
+                lock_waits = observer.exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).scalar()
+                observer.rollback()
+                if lock_waits:
+                    break
+                threading.Event().wait(0.02)
+        assert not begun
+        ahead.commit()
+        waiting.join(timeout=10)
+    (attempt,) = begun
+    assert (attempt.key_failures, attempt.key_ahead, attempt.address_ahead) == (0, 1, 0)
+
+
+def test_an_attempt_that_waited_for_its_turn_reads_its_row_again(make_client, make_user):
+    """The user comes with the attempt's first counts; an attempt that then waits for those ahead of it reads the user
+    again, so what its password is checked against is never older than its turn."""
+    client = make_client(**LIMITS)
+    engine = client.app.state.engine
+    user = make_user()
+    key, address, now = ghost_username(), unique_address(), datetime.now(UTC)
+    with engine.connect() as connection:
+        # Two failures and one attempt ahead: the third check of this key must wait for that one.
+        connection.execute(
+            insert(LoginFailure),
+            [
+                {"username": key, "address": unique_address(), "occurred_at": now, "pending": pending}
+                for pending in (False, False, True)
+            ],
+        )
+        connection.commit()
+
+    def decide_the_attempt_ahead_after_changing_the_user() -> None:
+        threading.Event().wait(0.2)
+        with engine.begin() as connection:
+            connection.execute(update(User).where(User.id == user.id).values(token_version=User.token_version + 1))
+            connection.execute(delete(LoginFailure).where(LoginFailure.username == key, LoginFailure.pending))
+
+    deciding = threading.Thread(target=decide_the_attempt_ahead_after_changing_the_user)
+    deciding.start()
+    with engine.connect() as connection:
+        _attempt_id, found = begin_attempt_and_read(
+            connection=connection,
+            limits=login_limits(client.app.state.settings),
+            key=key,
+            address=address,
+            now=now,
+            read=USER_FOR_LOGIN,
+            read_parameters={"username": user.username},
+        )
+    deciding.join()
+    assert (found.id, found.token_version) == (user.id, 1)
 
 
 def test_a_wrong_secret_counts_even_if_its_pending_row_was_lost(make_client):
