@@ -235,10 +235,11 @@ def begin_attempt_and_read(
     read: Select | None,
     read_parameters: Mapping[str, object] | None = None,
 ) -> tuple[int, Any]:
-    """`begin_attempt`, and the first row of `read` (None if it finds none), read once the attempt's turn has come.
+    """`begin_attempt`, and the first row of `read` (None if it finds none).
 
-    On PostgreSQL the row comes with the attempt and its first counts, in one round trip; an attempt that had to wait
-    for those ahead of it reads it again, so it is never older than the turn. `read` names no column like the counts.
+    On PostgreSQL the row comes with the attempt and its first counts, in one round trip, as it was when that
+    statement started; an attempt that then had to wait for those ahead of it reads it again. Elsewhere it is read
+    once the attempt's turn has come. `read` names no column or parameter like the attempt's statement.
     """
     # Rows outside the window count for nothing (every count reads only the window); the retention pass deletes them
     # (shared.retention), so no attempt pays a statement for it.
@@ -269,14 +270,14 @@ def begin_attempt_and_read(
             attempt_id=attempt_id,
             first_counts=first_counts,
         )
+        if read is not None and (waited or first_counts is None):
+            rows = run_statement(connection, read, read_parameters)
+            found = rows[0] if rows else None
     except BaseException:
         # Throttled, given up, or the database failed: this attempt checked no secret and must not count.
         with contextlib.suppress(DBAPIError):
             forget_attempt(connection=connection, attempt_id=attempt_id)
         raise
-    if read is not None and (waited or first_counts is None):
-        rows = run_statement(connection, read, read_parameters)
-        found = rows[0] if rows else None
     return attempt_id, found
 
 
@@ -287,6 +288,8 @@ def _begun_with(read: Select) -> tuple[Select, type]:
     names = tuple(read.selected_columns.keys())
     if set(names) & {*BEGIN_ATTEMPT_BY_FUNCTION.selected_columns.keys(), "read_found"}:
         raise ValueError(f"read names a column like the attempt's: {names}")
+    if read.compile().params.keys() & BEGIN_ATTEMPT_BY_FUNCTION.compile().params.keys():
+        raise ValueError(f"read has a parameter of the attempt's: {sorted(read.compile().params)}")
     found = read.add_columns(true().label("read_found")).subquery("read")
     statement = select(_BEGUN_ATTEMPT, *found.c).select_from(_BEGUN_ATTEMPT.outerjoin(found, true()))
     return statement, namedtuple("Row", names)  # noqa: PYI024

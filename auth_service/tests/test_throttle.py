@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from auth_service.service import USER_FOR_LOGIN
 from auth_service.tests.conftest import login, unique_address
@@ -290,6 +290,8 @@ def test_an_attempt_counts_the_one_ahead_that_committed_while_it_waited_for_the_
     key = ghost_username()
     begun: list = []
     with engine.connect() as ahead, engine.connect() as behind:
+        behind_pid = behind.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        behind.rollback()
         ahead.exec_driver_sql("SELECT pg_advisory_xact_lock(1, hashtext(%(key)s))", {"key": key})
         ahead.execute(
             insert(LoginFailure).values(
@@ -302,20 +304,24 @@ def test_an_attempt_counts_the_one_ahead_that_committed_while_it_waited_for_the_
             )
         )
         waiting.start()
-        with engine.connect() as observer:
-            for _ in range(100):
-                lock_waits = observer.exec_driver_sql(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                ).scalar()
-                observer.rollback()
-                if lock_waits:
-                    break
-                threading.Event().wait(0.02)
+        assert wait_until_blocked(engine, behind_pid), "the second attempt never waited for the key's lock"
         assert not begun
         ahead.commit()
         waiting.join(timeout=10)
     (attempt,) = begun
     assert (attempt.key_failures, attempt.key_ahead, attempt.address_ahead) == (0, 1, 0)
+
+
+def wait_until_blocked(engine, pid: int, *, seconds: float = 5.0) -> bool:
+    """True once server process `pid` waits for a lock another holds."""
+    with engine.connect() as observer:
+        for _ in range(int(seconds / 0.02)):
+            blocked = observer.exec_driver_sql("SELECT cardinality(pg_blocking_pids(%(pid)s))", {"pid": pid}).scalar()
+            observer.rollback()
+            if blocked:
+                return True
+            threading.Event().wait(0.02)
+    return False
 
 
 def test_an_attempt_that_waited_for_its_turn_reads_its_row_again(make_client, make_user):
@@ -327,25 +333,31 @@ def test_an_attempt_that_waited_for_its_turn_reads_its_row_again(make_client, ma
     key, address, now = ghost_username(), unique_address(), datetime.now(UTC)
     with engine.connect() as connection:
         # Two failures and one attempt ahead: the third check of this key must wait for that one.
-        connection.execute(
-            insert(LoginFailure),
-            [
-                {"username": key, "address": unique_address(), "occurred_at": now, "pending": pending}
-                for pending in (False, False, True)
-            ],
-        )
+        for pending in (False, False, True):
+            ahead_id = connection.execute(
+                insert(LoginFailure)
+                .values(username=key, address=unique_address(), occurred_at=now, pending=pending)
+                .returning(LoginFailure.id)
+            ).scalar_one()
         connection.commit()
 
     def decide_the_attempt_ahead_after_changing_the_user() -> None:
-        threading.Event().wait(0.2)
+        # Once the attempt below is recorded (and the user read with it), the user changes and the one ahead ends.
+        with engine.connect() as connection:
+            for _ in range(250):
+                pending = select(func.count()).where(LoginFailure.username == key, LoginFailure.pending)
+                if connection.execute(pending).scalar() == 2:
+                    break
+                connection.rollback()
+                threading.Event().wait(0.02)
         with engine.begin() as connection:
             connection.execute(update(User).where(User.id == user.id).values(token_version=User.token_version + 1))
-            connection.execute(delete(LoginFailure).where(LoginFailure.username == key, LoginFailure.pending))
+            connection.execute(delete(LoginFailure).where(LoginFailure.id == ahead_id))
 
     deciding = threading.Thread(target=decide_the_attempt_ahead_after_changing_the_user)
     deciding.start()
     with engine.connect() as connection:
-        _attempt_id, found = begin_attempt_and_read(
+        attempt_id, found = begin_attempt_and_read(
             connection=connection,
             limits=login_limits(client.app.state.settings),
             key=key,
@@ -355,6 +367,7 @@ def test_an_attempt_that_waited_for_its_turn_reads_its_row_again(make_client, ma
             read_parameters={"username": user.username},
         )
     deciding.join()
+    assert attempt_id > ahead_id
     assert (found.id, found.token_version) == (user.id, 1)
 
 

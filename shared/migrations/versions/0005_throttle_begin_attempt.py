@@ -10,9 +10,11 @@ Before, the insert and the counts were two statements, each a round trip and a t
 
 The counts must see every attempt of the key or the address with a smaller id. Ids are handed out under the locks,
 and whoever held them before has committed by the time they are granted; the counts then run on a snapshot taken
-after the insert, because in a PL/pgSQL function each statement takes its own. A single SQL statement (an INSERT in
-a WITH, say) could not do this: its one snapshot is taken before it waits for the locks. The locks are held a little
-longer (until the counts are done), which only orders attempts of one key or address a little longer.
+after the insert, because in a PL/pgSQL function each statement takes a snapshot of its own at READ COMMITTED,
+PostgreSQL's default, which the services keep (at REPEATABLE READ or above, a role's default say, the whole call
+would share one). A single SQL statement (an INSERT in a WITH, say) could not do this: its one snapshot is taken
+before it waits for the locks. The locks are held a little longer (until the counts are done), which only orders
+attempts of one key or address a little longer.
 """
 
 from alembic import op
