@@ -65,15 +65,18 @@ def build_service_app(
         # (docs/performance.md).
         gc.collect()
         gc.freeze()
-        yield
-        # Collectable again: a process that builds many apps (a test suite) would otherwise keep every one.
-        gc.unfreeze()
-        if retention is not None:
-            await anyio.to_thread.run_sync(retention.stop)
-        if mail_sender is not None:
-            await anyio.to_thread.run_sync(mail_sender.stop)
-        engine.dispose()
-        app.state.readiness.dispose()
+        try:
+            yield
+        finally:
+            # Also when the server ends the lifespan with an error (cancelled, say): its threads and pools stop.
+            # Collectable again: a process that builds many apps (a test suite) would otherwise keep every one.
+            gc.unfreeze()
+            if retention is not None:
+                await anyio.to_thread.run_sync(retention.stop)
+            if mail_sender is not None:
+                await anyio.to_thread.run_sync(mail_sender.stop)
+            engine.dispose()
+            app.state.readiness.dispose()
 
     app = FastAPI(
         title=title,
