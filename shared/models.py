@@ -61,7 +61,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
 
-    __table_args__ = (Index(EMAIL_UNIQUE_INDEX, func.lower(email), unique=True),)
+    # On SQLite (`make run`) ids are never handed out again, as PostgreSQL's sequence never does (migration 0006).
+    __table_args__ = (Index(EMAIL_UNIQUE_INDEX, func.lower(email), unique=True), {"sqlite_autoincrement": True})
 
 
 class UserSession(Base):

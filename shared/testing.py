@@ -86,9 +86,7 @@ def migrated_database(admin_url: str) -> Iterator[str]:
         drop_database(admin_url, url)
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A migrated database for this test session, PostgreSQL when one answers."""
+def _session_database(*, sqlite_fallback: bool) -> Iterator[str]:
     admin_url = admin_database_url()
     if postgres_answers(admin_url):
         with migrated_database(admin_url) as url:
@@ -96,10 +94,24 @@ def database_url() -> Iterator[str]:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and no PostgreSQL answers at TEST_DATABASE_URL ({make_url(admin_url).host})")
+    if not sqlite_fallback:
+        pytest.skip(f"needs PostgreSQL: none answers at TEST_DATABASE_URL ({make_url(admin_url).host})")
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'test.db'}"
         upgrade_to_head(url)
         yield url
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated database for this test session, PostgreSQL when one answers, else SQLite (the in-process suites)."""
+    yield from _session_database(sqlite_fallback=True)
+
+
+@pytest.fixture(scope="session", name="database_url")
+def postgresql_database_url() -> Iterator[str]:
+    """`database_url` for a suite that runs the services as production does: PostgreSQL, or its tests are skipped."""
+    yield from _session_database(sqlite_fallback=False)
 
 
 @pytest.fixture(scope="module")

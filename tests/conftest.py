@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.testing import database_url, new_test_secret  # noqa: F401  (fixture)
+from shared.testing import new_test_secret, postgresql_database_url  # noqa: F401  (fixtures)
 from shared.testing_mail import mail_catcher  # noqa: F401  (fixture)
 from tests.processes import ServiceProcess, free_port
 

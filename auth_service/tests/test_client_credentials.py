@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from auth_service.tests.conftest import Credentials, assert_invalid_grant, refresh, set_user_active, unique_address
 from shared.api_keys import hash_client_secret, new_client_id, new_client_secret
-from shared.models import ApiKey, User
+from shared.models import ApiKey, User, as_utc
 from shared.tokens import AccessTokenVerifier, build_key_source
 
 LIMITS = {
@@ -73,6 +73,12 @@ def make_key(client: TestClient, make_user: Callable[..., Credentials]) -> Calla
 def stored_key(client: TestClient, key_id: int) -> ApiKey | None:
     with client.app.state.session_factory() as session:
         return session.get(ApiKey, key_id)
+
+
+def stored_last_used(client: TestClient, key_id: int) -> datetime | None:
+    """The key's last_used_at, aware on SQLite too (which returns naive datetimes)."""
+    moment = stored_key(client, key_id).last_used_at
+    return None if moment is None else as_utc(moment)
 
 
 def set_last_used(client: TestClient, key_id: int, moment: datetime | None) -> None:
@@ -332,23 +338,23 @@ def test_right_secrets_in_parallel_are_never_throttled(
 
 def test_last_used_at_moves_at_most_once_a_minute(client: TestClient, make_key: Callable[..., Key]) -> None:
     key = make_key()
-    assert stored_key(client, key.id).last_used_at is None
+    assert stored_last_used(client, key.id) is None
 
     assert client.post("/token", data=GRANT, headers=key.basic).status_code == 200
-    first = stored_key(client, key.id).last_used_at
+    first = stored_last_used(client, key.id)
     assert first is not None and abs(datetime.now(UTC) - first) < timedelta(seconds=10)
     assert client.post("/token", data=GRANT, headers=key.basic).status_code == 200
-    assert stored_key(client, key.id).last_used_at == first
+    assert stored_last_used(client, key.id) == first
 
     a_minute_ago = datetime.now(UTC) - timedelta(seconds=61)
     set_last_used(client, key.id, a_minute_ago)
     assert client.post("/token", data=GRANT, headers=key.basic).status_code == 200
-    assert stored_key(client, key.id).last_used_at > a_minute_ago + timedelta(seconds=30)
+    assert stored_last_used(client, key.id) > a_minute_ago + timedelta(seconds=30)
 
     recently = datetime.now(UTC) - timedelta(seconds=50)
     set_last_used(client, key.id, recently)
     assert client.post("/token", data=GRANT, headers=key.basic).status_code == 200
-    assert stored_key(client, key.id).last_used_at == recently
+    assert stored_last_used(client, key.id) == recently
 
 
 def test_a_failed_grant_does_not_move_last_used_at(client: TestClient, make_key: Callable[..., Key]) -> None:

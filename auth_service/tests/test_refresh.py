@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 
 import jwt
 import pytest
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import create_engine, select, text
 
 from auth_service.service import hash_refresh_token
 from auth_service.tests.conftest import assert_invalid_grant, login, refresh, set_user_active
-from shared.models import RefreshToken, User
+from shared.models import RefreshToken, User, as_utc
 from shared.tokens import AccessTokenVerifier, InvalidAccessToken, build_key_source
 
 
@@ -91,19 +91,15 @@ def test_expired_refresh_token_is_refused(make_client, make_user):
 def stored_token_times(client, token: str) -> tuple[datetime, datetime]:
     with client.app.state.session_factory() as session:
         row = session.scalars(select(RefreshToken).where(RefreshToken.token_hash == hash_refresh_token(token))).one()
-        return row.issued_at, row.expires_at
+        return as_utc(row.issued_at), as_utc(row.expires_at)
 
 
 def move_token_back(client, token: str, *, seconds: float) -> None:
+    """Computed in Python: SQLite cannot subtract an interval from a stored time."""
     with client.app.state.session_factory() as session:
-        session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.token_hash == hash_refresh_token(token))
-            .values(
-                issued_at=RefreshToken.issued_at - timedelta(seconds=seconds),
-                expires_at=RefreshToken.expires_at - timedelta(seconds=seconds),
-            )
-        )
+        row = session.scalars(select(RefreshToken).where(RefreshToken.token_hash == hash_refresh_token(token))).one()
+        row.issued_at = as_utc(row.issued_at) - timedelta(seconds=seconds)
+        row.expires_at = as_utc(row.expires_at) - timedelta(seconds=seconds)
         session.commit()
 
 

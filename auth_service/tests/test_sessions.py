@@ -13,7 +13,7 @@ from auth_service.tests.conftest import assert_invalid_grant, login, refresh, un
 from auth_service.tests.test_keys import NEW_PRIVATE_KEY, write_pem
 from auth_service.tests.test_login_races import change_user, during_the_hash
 from auth_service.tests.test_refresh import backends_waiting_for_a_lock
-from shared.models import RefreshToken, User, UserSession
+from shared.models import RefreshToken, User, UserSession, as_utc
 from shared.revocation import end_session, revoke_refresh_tokens_of_user
 from shared.tokens import AccessTokenIssuer
 
@@ -43,6 +43,12 @@ def stored_session(client, session_id: str) -> UserSession | None:  # noqa: ANN0
         return session.get(UserSession, session_id)
 
 
+def stored_times(client, session_id: str) -> tuple[datetime, datetime, datetime]:  # noqa: ANN001
+    """The session's created_at, last_used_at and expires_at, aware on SQLite too (which returns naive ones)."""
+    stored = stored_session(client, session_id)
+    return as_utc(stored.created_at), as_utc(stored.last_used_at), as_utc(stored.expires_at)
+
+
 def assert_token_refused(response) -> None:  # noqa: ANN001
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"].startswith("Bearer")
@@ -67,9 +73,10 @@ def test_a_login_starts_a_session_its_tokens_belong_to(client, settings, make_us
     stored = stored_session(client, session_id)
     assert stored is not None and stored.user_id == user.id and stored.ended_at is None
     assert stored.user_agent == "curl/8.5.0" and stored.ip_address == "testclient"
-    assert stored.created_at == stored.last_used_at and stored.created_at >= before - timedelta(seconds=1)
+    created_at, last_used_at, expires_at = stored_times(client, session_id)
+    assert created_at == last_used_at and created_at >= before - timedelta(seconds=1)
     ttl = timedelta(seconds=settings.refresh_token_ttl_seconds)
-    assert abs(stored.expires_at - (stored.created_at + ttl)) < timedelta(seconds=1)
+    assert abs(expires_at - (created_at + ttl)) < timedelta(seconds=1)
     with client.app.state.session_factory() as session:
         families = session.scalars(select(RefreshToken.family_id).where(RefreshToken.user_id == user.id)).all()
     assert families == [session_id]
@@ -91,10 +98,10 @@ def test_a_refresh_keeps_the_session_and_moves_its_last_use_and_expiry(client, m
 
     assert refreshed.status_code == 200, refreshed.text
     assert sid_of(refreshed.json()) == session_id
-    stored = stored_session(client, session_id)
-    assert stored.created_at == earlier
-    assert stored.last_used_at > earlier + timedelta(minutes=59)
-    assert stored.expires_at > earlier + timedelta(days=14, minutes=59)
+    created_at, last_used_at, expires_at = stored_times(client, session_id)
+    assert created_at == earlier
+    assert last_used_at > earlier + timedelta(minutes=59)
+    assert expires_at > earlier + timedelta(days=14, minutes=59)
 
 
 def test_the_user_agent_is_kept_to_256_characters(client, make_user):

@@ -12,7 +12,7 @@ from auth_service.service import USER_FOR_LOGIN
 from auth_service.tests.conftest import login, unique_address
 from shared.client_address import client_address
 from shared.database import run_statement
-from shared.models import LoginFailure, User
+from shared.models import LoginFailure, User, as_utc
 from shared.throttle import (
     ATTEMPT_COUNTS,
     ATTEMPT_COUNTS_BY_FUNCTION,
@@ -200,12 +200,10 @@ def test_logins_work_again_once_the_window_has_passed(make_client, make_user):
 
 
 def move_failures_back(client: TestClient, username: str, *, seconds: float) -> None:
+    """Computed in Python: SQLite cannot subtract an interval from a stored time."""
     with client.app.state.session_factory() as session:
-        session.execute(
-            update(LoginFailure)
-            .where(LoginFailure.username == username)
-            .values(occurred_at=LoginFailure.occurred_at - timedelta(seconds=seconds))
-        )
+        for failure in session.scalars(select(LoginFailure).where(LoginFailure.username == username)):
+            failure.occurred_at = as_utc(failure.occurred_at) - timedelta(seconds=seconds)
         session.commit()
 
 

@@ -134,6 +134,8 @@ def unused_local_port() -> int:
 def test_the_service_recovers_by_itself_when_the_database_comes_back(
     database_url: str, make_account: Callable[..., Account]
 ) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("a database server that goes and comes back is a PostgreSQL matter")
     account = make_account()
     real = make_url(database_url)
     port = unused_local_port()
@@ -156,6 +158,8 @@ def test_the_service_recovers_by_itself_when_the_database_comes_back(
 def test_an_exhausted_pool_answers_503_with_retry_after_then_recovers(
     database_url: str, make_account: Callable[..., Account]
 ) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("the DB_POOL_* settings size the PostgreSQL engine's pool only")
     account = make_account()
     settings = settings_for_tests(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=0.5)
     token = bearer(AccessTokenIssuer(settings).issue(user_id=account.id, token_version=0).token)

@@ -14,6 +14,13 @@ from shared.testing import settings_for_tests, terminate_backends
 TIMEOUT_MS = 1234
 
 
+@pytest.fixture(autouse=True)
+def _postgresql_only(database_url: str) -> None:
+    """SQLite has no statement_timeout (nor SET LOCAL, nor backends to terminate): the module is PostgreSQL's."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("statement_timeout is a PostgreSQL matter")
+
+
 @pytest.fixture
 def engine(database_url: str):
     engine = build_engine(settings_for_tests(database_url, db_statement_timeout_ms=TIMEOUT_MS, db_pool_size=1))
