@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 
 from auth_service.service import USER_FOR_LOGIN
 from auth_service.tests.conftest import login, unique_address
@@ -302,7 +302,8 @@ def test_an_attempt_counts_the_one_ahead_that_committed_while_it_waited_for_the_
             )
         )
         waiting.start()
-        assert wait_until_blocked(engine, behind_pid), "the second attempt never waited for the key's lock"
+        blocked = text("SELECT cardinality(pg_blocking_pids(:pid)) > 0").bindparams(pid=behind_pid)
+        assert wait_until_true(engine, blocked), "the second attempt never waited for the key's lock"
         assert not begun
         ahead.commit()
         waiting.join(timeout=10)
@@ -310,13 +311,13 @@ def test_an_attempt_counts_the_one_ahead_that_committed_while_it_waited_for_the_
     assert (attempt.key_failures, attempt.key_ahead, attempt.address_ahead) == (0, 1, 0)
 
 
-def wait_until_blocked(engine, pid: int, *, seconds: float = 5.0) -> bool:
-    """True once server process `pid` waits for a lock another holds."""
+def wait_until_true(engine, query, *, seconds: float = 5.0) -> bool:  # noqa: ANN001
+    """True once `query`'s one value is true, read every 20 ms on a connection of its own; False after `seconds`."""
     with engine.connect() as observer:
         for _ in range(int(seconds / 0.02)):
-            blocked = observer.exec_driver_sql("SELECT cardinality(pg_blocking_pids(%(pid)s))", {"pid": pid}).scalar()
+            value = observer.execute(query).scalar()
             observer.rollback()
-            if blocked:
+            if value:
                 return True
             threading.Event().wait(0.02)
     return False
@@ -339,15 +340,12 @@ def test_an_attempt_that_waited_for_its_turn_reads_its_row_again(make_client, ma
             ).scalar_one()
         connection.commit()
 
+    recorded: list[bool] = []
+
     def decide_the_attempt_ahead_after_changing_the_user() -> None:
         # Once the attempt below is recorded (and the user read with it), the user changes and the one ahead ends.
-        with engine.connect() as connection:
-            for _ in range(250):
-                pending = select(func.count()).where(LoginFailure.username == key, LoginFailure.pending)
-                if connection.execute(pending).scalar() == 2:
-                    break
-                connection.rollback()
-                threading.Event().wait(0.02)
+        both_pending = select(func.count() == 2).where(LoginFailure.username == key, LoginFailure.pending)
+        recorded.append(wait_until_true(engine, both_pending))
         with engine.begin() as connection:
             connection.execute(update(User).where(User.id == user.id).values(token_version=User.token_version + 1))
             connection.execute(delete(LoginFailure).where(LoginFailure.id == ahead_id))
@@ -365,6 +363,7 @@ def test_an_attempt_that_waited_for_its_turn_reads_its_row_again(make_client, ma
             read_parameters={"username": user.username},
         )
     deciding.join()
+    assert recorded == [True], "the attempt was never recorded beside the one ahead"
     assert attempt_id > ahead_id
     assert (found.id, found.token_version) == (user.id, 1)
 
