@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Path, Request, Response, status
+from fastapi import APIRouter, Form, HTTPException, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -13,6 +13,7 @@ from auth_service.schemas import (
     ClientCredentialsTokenResponse,
     JwksResponse,
     SessionList,
+    TokenForm,
     TokenResponse,
 )
 from shared.admission import password_hashing_slot
@@ -28,11 +29,44 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 SUPPORTED_GRANTS = ("password", "refresh_token", "client_credentials")
 # RFC 6749 section 5.2: a failed client authentication challenges with the scheme clients authenticate with here.
 BASIC_CHALLENGE = 'Basic realm="token"'
+TOKEN_FORM_FIELDS = tuple(TokenForm.model_fields)
 FormField = Annotated[str | None, Form()]
 
 
 def _missing(field: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", field), "msg": "Field required", "type": "missing"}])
+
+
+async def _token_form(request: Request) -> TokenForm:
+    """The token request's fields (`TokenForm`), read as FastAPI reads optional `Form()` strings: absent or empty is
+    None, a file is a 422 naming the field, a body the form parser cannot read is FastAPI's 400 (a 422 here).
+
+    Read here rather than declared as `Form()` parameters: FastAPI works out each such parameter's form handling
+    again on every request, which cost a login more instructions than the rest of its event-loop work
+    (docs/performance.md, "Logins and hashing"). The OpenAPI schema still documents `TokenForm`.
+    """
+    try:
+        form = await request.form()
+    except HTTPException:
+        raise
+    except Exception as error:
+        # As FastAPI answers a body its form parser raised on (installed handlers turn it into a 422).
+        raise HTTPException(status_code=400, detail="There was an error parsing the body") from error
+    try:
+        fields: dict[str, str | None] = {}
+        errors = []
+        for name in TOKEN_FORM_FIELDS:
+            value = form.get(name)
+            if value is None or isinstance(value, str):
+                fields[name] = value or None
+            else:
+                errors.append({"loc": ("body", name), "msg": "Input should be a valid string", "type": "string_type"})
+        if errors:
+            raise RequestValidationError(errors)
+        # Every field was checked above: built without validating them again.
+        return TokenForm.model_construct(**fields)
+    finally:
+        await form.close()
 
 
 def _token_response(pair: service.TokenPair) -> JSONResponse:
@@ -114,28 +148,23 @@ async def _client_credentials_grant(
     response_model=TokenResponse | ClientCredentialsTokenResponse,
     summary="OAuth2 token endpoint: password, refresh_token and client_credentials grants",
     responses=documented_errors(400, 401, 413, 422, 429, 503),
+    openapi_extra={
+        "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": TokenForm.model_json_schema()}}}
+    },
 )
-async def issue_token(
-    request: Request,
-    grant_type: FormField = None,
-    username: FormField = None,
-    password: FormField = None,
-    refresh_token: FormField = None,
-    scope: FormField = None,
-    client_id: FormField = None,
-    client_secret: FormField = None,
-) -> JSONResponse:
+async def issue_token(request: Request) -> JSONResponse:
+    form = await _token_form(request)
     settings = request.app.state.settings
     now = datetime.now(UTC)
-    grant = "password" if grant_type is None else grant_type
+    grant = "password" if form.grant_type is None else form.grant_type
     if grant not in SUPPORTED_GRANTS:
         raise ApiError(400, "Unsupported grant_type", error="unsupported_grant_type", headers=NO_STORE)
     if grant == "client_credentials":
         return await _client_credentials_grant(
-            request, form_client_id=client_id, form_client_secret=client_secret, scope=scope, now=now
+            request, form_client_id=form.client_id, form_client_secret=form.client_secret, scope=form.scope, now=now
         )
     if grant == "refresh_token":
-        if refresh_token is None:
+        if form.refresh_token is None:
             raise _missing("refresh_token")
         try:
             pair = await run_on_connection(
@@ -143,7 +172,7 @@ async def issue_token(
                 service.refresh_token_pair,
                 settings=settings,
                 issuer=request.app.state.issuer,
-                refresh_token=refresh_token,
+                refresh_token=form.refresh_token,
                 now=now,
             )
         except service.InvalidRefreshToken as invalid:
@@ -151,7 +180,7 @@ async def issue_token(
                 REFRESH_REUSE.inc()
             raise _unauthorized("Invalid or expired refresh token", error="invalid_grant") from None
         return _token_response(pair)
-    for name, value in (("username", username), ("password", password)):
+    for name, value in (("username", form.username), ("password", form.password)):
         if value is None:
             raise _missing(name)
     address = request_client_address(request)
@@ -163,8 +192,8 @@ async def issue_token(
                 settings=settings,
                 hasher=request.app.state.hasher,
                 issuer=request.app.state.issuer,
-                username=username,
-                password=password,
+                username=form.username,
+                password=form.password,
                 address=address,
                 now=now,
                 user_agent=request.headers.get("user-agent"),

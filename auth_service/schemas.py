@@ -1,8 +1,20 @@
-"""Response bodies of the auth service (request bodies are OAuth2 forms)."""
+"""Bodies of the auth service: the token request's form and the responses."""
 
 from datetime import datetime
 
 from pydantic import BaseModel
+
+
+class TokenForm(BaseModel):
+    """`POST /token`'s form fields (RFC 6749), each optional here: which a grant needs is checked per grant."""
+
+    grant_type: str | None = None
+    username: str | None = None
+    password: str | None = None
+    refresh_token: str | None = None
+    scope: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
 
 
 class TokenResponse(BaseModel):

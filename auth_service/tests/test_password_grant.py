@@ -218,6 +218,54 @@ def test_json_body_instead_of_a_form_is_422(client, make_user):
     assert user.password not in response.text
 
 
+def test_multipart_form_is_read_as_the_urlencoded_one_is(client, make_user):
+    user = make_user()
+
+    response = client.post("/token", files={"username": (None, user.username), "password": (None, user.password)})
+
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == RESPONSE_KEYS
+
+
+def test_an_empty_field_counts_as_absent(client, make_user):
+    user = make_user()
+
+    defaulted = client.post(
+        "/token", data={"grant_type": "", "username": user.username, "password": user.password}, headers=FORM
+    )
+    missing = client.post("/token", data={"username": "", "password": user.password}, headers=FORM)
+
+    assert defaulted.status_code == 200, defaulted.text
+    assert missing.status_code == 422, missing.text
+    assert [error["loc"] for error in missing.json()["detail"]] == [["body", "username"]]
+
+
+def test_a_file_where_a_field_belongs_is_422_naming_the_field(client, make_user):
+    user = make_user()
+
+    response = client.post(
+        "/token",
+        data={"username": user.username},
+        files={"password": ("password.txt", user.password.encode(), "text/plain")},
+    )
+
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "password"]]
+    assert user.password not in response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"--x\r\nContent-Disposition: form-data\r\n\r\nno name\r\n--x--\r\n", b"--x\r\nnot a part"],
+    ids=["part-without-a-name", "truncated"],
+)
+def test_malformed_multipart_body_is_a_json_4xx(client, body):
+    response = client.post("/token", content=body, headers={"Content-Type": "multipart/form-data; boundary=x"})
+
+    assert 400 <= response.status_code < 500, response.text
+    assert "detail" in response.json()
+
+
 @pytest.mark.parametrize(
     "body",
     [
