@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, bindparam, exists, func, insert, select, update
 
 from auth_service.sessions import NEW_SESSION, TOUCH_SESSION, USER_AS_READ, new_session_row
 from shared.database import run_statement
@@ -19,8 +19,6 @@ from shared.passwords import PasswordHasher, PasswordHashingBusy
 from shared.revocation import end_session
 from shared.settings import Settings
 from shared.throttle import (
-    ATTEMPTS,
-    CLEAR_FAILURES,
     begin_attempt_and_read,
     clear_failures,
     clearing_parameters,
@@ -85,29 +83,31 @@ NEW_REFRESH_TOKEN = (
     .returning(REFRESH_TOKENS.c.id)
 )
 # PostgreSQL: a login's session, its first refresh token (expiring with it) and the clearing of its throttle
-# failures, as one statement: one round trip and one commit after the hash, all or nothing. The token is stored only
-# if the session was (the user unchanged, `NEW_SESSION`), the failures cleared only if the token was. SQLite
-# (`make run`) has no INSERT inside WITH: `store_new_session`, then `clear_failures`.
-_STORED_SESSION = NEW_SESSION.cte("stored_session")
-_STORED_REFRESH_TOKEN = (
-    insert(REFRESH_TOKENS)
-    .from_select(
-        REFRESH_TOKEN_COLUMNS,
-        select(
-            bindparam("token_hash", type_=REFRESH_TOKENS.c.token_hash.type),
-            _STORED_SESSION.c.id,
-            _STORED_SESSION.c.user_id,
-            _STORED_SESSION.c.created_at,
-            _STORED_SESSION.c.expires_at,
-        ),
-    )
-    .returning(REFRESH_TOKENS.c.id)
-    .cte("stored_refresh_token")
+# failures, by one PL/pgSQL function (migration 0007): one round trip and one commit after the hash, all or nothing,
+# with its statements prepared once per server connection. The token is stored only if the session was (the user
+# unchanged, as `NEW_SESSION` checks), the failures cleared only if the token was; NULL when nothing was stored.
+# SQLite (`make run`) has no functions: `store_new_session`, then `clear_failures`.
+STORE_LOGIN = select(
+    func.store_login(
+        *(
+            bindparam(name)
+            for name in (
+                "session_id",
+                "user_id",
+                "token_version",
+                "now",
+                "expires_at",
+                "user_agent",
+                "ip_address",
+                "token_hash",
+                "throttle_key",
+                "address",
+                "attempt_id",
+                "stale_before",
+            )
+        )
+    ).label("refresh_token_id")
 )
-_CLEARED_FAILURES = (
-    CLEAR_FAILURES.where(exists(select(_STORED_REFRESH_TOKEN.c.id))).returning(ATTEMPTS.c.id).cte("cleared_failures")
-)
-STORE_LOGIN = select(_STORED_REFRESH_TOKEN.c.id).add_cte(_CLEARED_FAILURES)
 USER_FOR_LOGIN = select(USERS.c.id, USERS.c.password_hash, USERS.c.is_active, USERS.c.token_version).where(
     USERS.c.username == bindparam("username")
 )
@@ -220,7 +220,7 @@ def login_with_password(
     if connection.dialect.name == "postgresql":
         clearing = clearing_parameters(key=username_key, address=address, attempt_id=attempt_id, now=now)
         parameters = {**session_row, "token_hash": refresh_row["token_hash"], **clearing}
-        stored = bool(run_statement(connection, STORE_LOGIN, parameters))
+        stored = run_statement(connection, STORE_LOGIN, parameters)[0].refresh_token_id is not None
     else:
         stored = store_new_session(connection=connection, session_row=session_row, refresh_row=refresh_row)
         if stored:

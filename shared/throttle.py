@@ -383,7 +383,7 @@ def clear_failures(*, connection: Connection, key: str, address: str, attempt_id
 
 
 def clearing_parameters(*, key: str, address: str, attempt_id: int, now: datetime) -> dict[str, object]:
-    """The bind values of `CLEAR_FAILURES`, for a caller that runs it inside a statement of its own."""
+    """The bind values of `CLEAR_FAILURES`, which a login on PostgreSQL runs inside `store_login` (migration 0007)."""
     return {
         "throttle_key": key,
         "address": address,

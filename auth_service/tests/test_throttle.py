@@ -22,6 +22,7 @@ from shared.throttle import (
     begin_attempt_and_read,
     login_limits,
     record_failure,
+    throttle_key_for_username,
 )
 
 WINDOW_SECONDS = 60
@@ -397,6 +398,30 @@ def test_a_success_clears_the_failures_from_its_own_address(make_client, make_us
 
     # The count starts again: three more failures before the limit, as for a user with none.
     assert attempts_until_throttled(throttled, user.username) == 4
+
+
+def test_a_success_clears_its_name_and_addresss_stale_pending_attempts_too_and_no_other_addresss(
+    make_client, make_user
+):
+    """What a successful login clears: on PostgreSQL `store_login` (migration 0007) repeats `CLEAR_FAILURES`."""
+    throttled = make_client(**LIMITS)
+    user = make_user()
+    key, here, elsewhere = throttle_key_for_username(user.username), unique_address(), unique_address()
+    stale = datetime.now(UTC) - PENDING_ATTEMPT_LIFETIME - timedelta(minutes=1)
+    rows = [
+        {"username": key, "address": here, "occurred_at": stale, "pending": True},
+        {"username": key, "address": here, "occurred_at": datetime.now(UTC), "pending": False},
+        {"username": key, "address": elsewhere, "occurred_at": datetime.now(UTC), "pending": False},
+    ]
+    engine = throttled.app.state.engine
+    with engine.begin() as connection:
+        connection.execute(insert(LoginFailure), rows)
+
+    assert login(from_address(throttled, here), user.username, user.password).status_code == 200
+
+    with engine.connect() as connection:
+        left = connection.execute(select(LoginFailure.address).where(LoginFailure.username == key)).scalars().all()
+    assert left == [elsewhere]
 
 
 def test_the_counts_function_counts_what_the_statement_counts(make_client):
