@@ -6,6 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service import client_credentials, service, sessions
 from auth_service.deps import LoginClaims, unauthorized
@@ -38,19 +40,21 @@ def _missing(field: str) -> RequestValidationError:
 
 
 async def _token_form(request: Request) -> TokenForm:
-    """The token request's fields (`TokenForm`), read as FastAPI reads optional `Form()` strings: absent or empty is
-    None, a file is a 422 naming the field, a body the form parser cannot read is FastAPI's 400 (a 422 here).
+    """The token request's fields (`TokenForm`), read as FastAPI reads optional `Form()` strings: absent, empty or an
+    empty file input is None, another file is a 422 naming the field, and a body the form parser refuses is a 400
+    (Starlette's, or FastAPI's for anything else it raises, which the installed handlers answer as a 422).
 
     Read here rather than declared as `Form()` parameters: FastAPI works out each such parameter's form handling
-    again on every request, which cost a login more instructions than the rest of its event-loop work
+    again on every request, which cost a login about a quarter of the auth process's instructions
     (docs/performance.md, "Logins and hashing"). The OpenAPI schema still documents `TokenForm`.
     """
     try:
         form = await request.form()
-    except HTTPException:
+    except StarletteHTTPException:
+        # Starlette's 400 for a multipart body it refuses, with its reason.
         raise
     except Exception as error:
-        # As FastAPI answers a body its form parser raised on (installed handlers turn it into a 422).
+        # What FastAPI raises for anything else its form parser raised on.
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from error
     try:
         fields: dict[str, str | None] = {}
@@ -59,6 +63,9 @@ async def _token_form(request: Request) -> TokenForm:
             value = form.get(name)
             if value is None or isinstance(value, str):
                 fields[name] = value or None
+            elif isinstance(value, UploadFile) and value.filename == "" and value.size == 0:
+                # What a browser sends for a file input left empty.
+                fields[name] = None
             else:
                 errors.append({"loc": ("body", name), "msg": "Input should be a valid string", "type": "string_type"})
         if errors:

@@ -64,12 +64,10 @@ SESSIONS = UserSession.__table__
 # carries. FOR SHARE on the user's row orders it against a concurrent password change or deactivation, which
 # locks that row before it revokes the user's refresh tokens (shared.revocation): either this insert waits for
 # that change and then finds the version moved (no row), or the change waits for it and revokes its token.
-# The columns every new refresh token is stored with; both inserts below select exactly these.
-REFRESH_TOKEN_COLUMNS = ["token_hash", "family_id", "user_id", "issued_at", "expires_at"]
 NEW_REFRESH_TOKEN = (
     insert(REFRESH_TOKENS)
     .from_select(
-        REFRESH_TOKEN_COLUMNS,
+        ["token_hash", "family_id", "user_id", "issued_at", "expires_at"],
         select(
             bindparam("token_hash", type_=REFRESH_TOKENS.c.token_hash.type),
             bindparam("family_id", type_=REFRESH_TOKENS.c.family_id.type),

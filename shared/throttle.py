@@ -383,7 +383,8 @@ def clear_failures(*, connection: Connection, key: str, address: str, attempt_id
 
 
 def clearing_parameters(*, key: str, address: str, attempt_id: int, now: datetime) -> dict[str, object]:
-    """The bind values of `CLEAR_FAILURES`, which a login on PostgreSQL runs inside `store_login` (migration 0007)."""
+    """The bind values of `CLEAR_FAILURES`; on PostgreSQL a login passes them to `store_login` (migration 0007),
+    which repeats that statement in SQL."""
     return {
         "throttle_key": key,
         "address": address,
