@@ -27,9 +27,10 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/python deploy/write-local-env.py
 	deploy/run-local.sh
 
-## make lint: ruff (pyflakes, pycodestyle, import order) on all Python code.
+## make lint: ruff (pyflakes, pycodestyle, import order) and ruff's formatting on all Python code.
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## make test: the auth suite, the users suite and the end-to-end suite, each on its own database;
 ## last, the database fault tests (an outage of a throwaway PostgreSQL cluster they make and remove themselves).
@@ -37,6 +38,7 @@ test: $(VENV)/.dev-installed
 	@$(BIN)/python -m shared.testing
 	@status=0; \
 	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
 	$(PYTEST) auth_service/tests || status=1; \
 	$(PYTEST) users_service/tests || status=1; \
 	$(PYTEST) tests --ignore=tests/fault || status=1; \

@@ -101,12 +101,12 @@ def inbox_handler(inbox: Inbox) -> type[BaseHTTPRequestHandler]:
                 rows = "".join(
                     f"<tr><td>{m['id']}</td><td>{html.escape(m['received_at'])}</td>"
                     f"<td>{html.escape(', '.join(m['rcpt_tos']))}</td>"
-                    f"<td><a href=\"/messages/{m['id']}\">{html.escape(m['subject'])}</a></td></tr>"
+                    f'<td><a href="/messages/{m["id"]}">{html.escape(m["subject"])}</a></td></tr>'
                     for m in reversed(messages)
                 )
                 page = (
                     "<!doctype html><title>Mail catcher</title><h1>Mail catcher</h1>"
-                    f"<p>{len(messages)} message(s); newest first. JSON: <a href=\"/messages\">/messages</a></p>"
+                    f'<p>{len(messages)} message(s); newest first. JSON: <a href="/messages">/messages</a></p>'
                     "<table border=1 cellpadding=4><tr><th>#</th><th>received</th><th>to</th><th>subject</th></tr>"
                     f"{rows}</table>"
                 )

@@ -144,5 +144,3 @@ def _usable(*, token: str, purpose: str, now: datetime) -> tuple:
         TOKENS.c.used_at.is_(None),
         TOKENS.c.expires_at > now,
     )
-
-

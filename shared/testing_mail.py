@@ -65,9 +65,7 @@ class MailInbox:
         response = requests.get(f"{self.inbox_url}/messages", timeout=5)
         response.raise_for_status()
         return [
-            CaughtMail(
-                recipients=entry["rcpt_tos"], message=message_from_string(entry["raw"], policy=policy.default)
-            )
+            CaughtMail(recipients=entry["rcpt_tos"], message=message_from_string(entry["raw"], policy=policy.default))
             for entry in response.json()
         ]
 
@@ -108,8 +106,10 @@ class MailCatcher(MailInbox):
         }
 
     def env(self) -> dict[str, str]:
-        return {name.upper(): str(value).lower() if isinstance(value, bool) else str(value)
-                for name, value in self.settings().items()}
+        return {
+            name.upper(): str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in self.settings().items()
+        }
 
     def start(self, *, timeout: float = 15.0) -> "MailCatcher":
         command = [
@@ -147,6 +147,7 @@ class MailCatcher(MailInbox):
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
 
 def wait_until(read: Callable[[], list], *, count: int, timeout: float) -> list:
     deadline = time.monotonic() + timeout

@@ -361,9 +361,7 @@ def record_failure(*, connection: Connection, attempt_id: int, key: str, address
     If its row is gone (see RECORD_LOST_ATTEMPT_AS_FAILURE), the failure is recorded anew: a checked secret counts.
     """
     if not run_statement(connection, RECORD_FAILURE, {"attempt_id": attempt_id}):
-        run_statement(
-            connection, RECORD_LOST_ATTEMPT_AS_FAILURE, {"throttle_key": key, "address": address, "now": now}
-        )
+        run_statement(connection, RECORD_LOST_ATTEMPT_AS_FAILURE, {"throttle_key": key, "address": address, "now": now})
 
 
 def forget_attempt(*, connection: Connection, attempt_id: int) -> None:

@@ -20,7 +20,14 @@ def test_sign_up_login_and_read_me(api: Api) -> None:
     body = me.json()
     assert body["username"] == account.username and body["username"] == body["username"].lower()
     assert set(body) == {
-        "id", "username", "email", "full_name", "is_active", "is_admin", "email_verified", "created_at"
+        "id",
+        "username",
+        "email",
+        "full_name",
+        "is_active",
+        "is_admin",
+        "email_verified",
+        "created_at",
     }
     assert body["created_at"].endswith("+00:00")
     claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})

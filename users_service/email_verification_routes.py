@@ -56,9 +56,7 @@ async def resend_email_verification(request: Request, claims: LoginClaims) -> Re
 )
 async def confirm_email_verification(request: Request, body: EmailVerificationConfirm) -> Response:
     try:
-        user = await run_in_session(
-            request, email_verification.confirm_email, token=body.token, now=datetime.now(UTC)
-        )
+        user = await run_in_session(request, email_verification.confirm_email, token=body.token, now=datetime.now(UTC))
     except InvalidToken:
         raise ApiError(400, "Invalid, used or expired token", error="invalid_token") from None
     return user_response(user)

@@ -460,9 +460,9 @@ def test_the_counts_function_counts_what_the_statement_counts(make_client):
                 )
             )
         attempt_id = connection.execute(
-            insert(LoginFailure).values(username=key, address=address, occurred_at=now, pending=True).returning(
-                LoginFailure.id
-            )
+            insert(LoginFailure)
+            .values(username=key, address=address, occurred_at=now, pending=True)
+            .returning(LoginFailure.id)
         ).scalar_one()
         # Pending behind the attempt (a larger id): not ahead of it.
         connection.execute(insert(LoginFailure).values(username=key, address=address, occurred_at=now, pending=True))

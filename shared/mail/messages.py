@@ -90,4 +90,3 @@ def mime_message(*, mail_from: str, row: object) -> EmailMessage:
     if row.body_html:
         message.add_alternative(row.body_html, subtype="html")
     return message
-

@@ -88,8 +88,11 @@ RECORD_FAILURE = (
     .returning(OUTBOX.c.id)
 )
 # A stopping sender hands back what it claimed and did not try, for another worker (or its successor) at once.
-RELEASE = update(OUTBOX).where(BY_ID, OUTBOX.c.sent_at.is_(None)).values(next_attempt_at=bindparam("now")).returning(
-    OUTBOX.c.id
+RELEASE = (
+    update(OUTBOX)
+    .where(BY_ID, OUTBOX.c.sent_at.is_(None))
+    .values(next_attempt_at=bindparam("now"))
+    .returning(OUTBOX.c.id)
 )
 
 

@@ -60,9 +60,11 @@ def test_mails_requested_while_smtp_is_down_all_arrive_when_it_is_back(database_
             seconds.append(time.perf_counter() - started)
         time.sleep(OUTAGE_AFTER_REQUESTS_SECONDS)
         with engine.connect() as connection:
-            tried_while_down = connection.execute(
-                select(OutboxEmail.attempts).where(OutboxEmail.recipient.in_(emails))
-            ).scalars().all()
+            tried_while_down = (
+                connection.execute(select(OutboxEmail.attempts).where(OutboxEmail.recipient.in_(emails)))
+                .scalars()
+                .all()
+            )
         catcher.start()
         back = time.monotonic()
         arrived = wait_until(
@@ -72,9 +74,11 @@ def test_mails_requested_while_smtp_is_down_all_arrive_when_it_is_back(database_
         time.sleep(1.0)  # a duplicate would come within the retry interval
         arrived = [mail for mail in catcher.mails() if mail.recipients[0] in emails]
         with engine.connect() as connection:
-            attempts = connection.execute(
-                select(OutboxEmail.attempts).where(OutboxEmail.recipient.in_(emails))
-            ).scalars().all()
+            attempts = (
+                connection.execute(select(OutboxEmail.attempts).where(OutboxEmail.recipient.in_(emails)))
+                .scalars()
+                .all()
+            )
     finally:
         auth.stop()
         catcher.stop()
