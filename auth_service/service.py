@@ -84,7 +84,7 @@ NEW_REFRESH_TOKEN = (
 # failures, by one PL/pgSQL function (migration 0007): one round trip and one commit after the hash, all or nothing,
 # with its statements prepared once per server connection. The token is stored only if the session was (the user
 # unchanged, as `NEW_SESSION` checks), the failures cleared only if the token was; NULL when nothing was stored.
-# SQLite (`make run`) has no functions: `store_new_session`, then `clear_failures`.
+# SQLite (`make run`) has no stored functions: `store_new_session`, then `clear_failures`.
 STORE_LOGIN = select(
     func.store_login(
         *(
