@@ -3,7 +3,6 @@
 Argon2 hashes are memory-hard, so the number running at once in a process is bounded here.
 """
 
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -42,19 +41,24 @@ class PasswordHasher:
             argon2__rounds=settings.argon2_time_cost,
             argon2__parallelism=settings.argon2_parallelism,
         )
-        self._slots = threading.BoundedSemaphore(settings.password_hash_concurrency)
         self._hash_threads = ThreadPoolExecutor(settings.password_hash_concurrency, thread_name_prefix="password-hash")
         self._queue_timeout = settings.password_hash_queue_timeout_seconds
         self._even = EvenCostVerifier(self._context, settings_in_use)
 
     def _on_hash_thread(self, work: Callable[..., Result], *arguments: object) -> Result:
-        """`work(*arguments)` on a hash thread, after waiting at most the queue timeout for a free one."""
-        if not self._slots.acquire(timeout=self._queue_timeout):
-            raise PasswordHashingBusy
+        """`work(*arguments)` on a hash thread, if one takes it from the queue within the queue timeout.
+
+        The pool's own queue, not a semaphore in front of it: a finished hash's thread takes the next one itself,
+        and only the thread that waits for a result is woken.
+        """
+        queued = self._hash_threads.submit(work, *arguments)
         try:
-            return self._hash_threads.submit(work, *arguments).result()
-        finally:
-            self._slots.release()
+            return queued.result(timeout=self._queue_timeout)
+        except TimeoutError:
+            # Not started yet: withdrawn from the queue, it never runs. Started: it is finished and answered.
+            if queued.cancel():
+                raise PasswordHashingBusy from None
+            return queued.result()
 
     def hash(self, password: str) -> str:
         return self._on_hash_thread(self._context.hash, password)

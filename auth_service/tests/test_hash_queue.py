@@ -76,15 +76,17 @@ class HeldContext:
     def __init__(self) -> None:
         self.started = threading.Event()
         self.finish = threading.Event()
+        self.calls = 0
 
     def verify_and_update(self, password: str, password_hash: str) -> tuple[bool, None]:
+        self.calls += 1
         self.started.set()
         assert self.finish.wait(30), "the test never let the verification finish"
         return True, None
 
 
 def test_a_hash_that_waits_past_the_queue_timeout_is_refused(settings: Settings) -> None:
-    """No sleep decides the outcome: the only slot is held until every waiter has given up."""
+    """No sleep decides the outcome: the only hash thread is held until every waiter has given up."""
     queue_timeout = 0.2
     hasher, _ = hasher_with(settings, concurrency=1, queue_timeout=queue_timeout)
     held = HeldContext()
@@ -102,11 +104,15 @@ def test_a_hash_that_waits_past_the_queue_timeout_is_refused(settings: Settings)
 
     assert waiters == ["busy"] * 7
     assert first == ["verified"]
-    # Each waiter gave up after the queue timeout, not at once and not only when the slot came free.
+    # Each waiter gave up after the queue timeout, not at once and not only when the hash thread came free.
     assert queue_timeout <= waited < 10
+    # And its check left the queue unrun: the queue is first in, first out, so once work queued after them has
+    # run, none of theirs is left to run.
+    hasher._hash_threads.submit(lambda: None).result(timeout=10)  # noqa: SLF001
+    assert held.calls == 1
 
 
-def test_a_hash_that_gets_a_slot_within_the_queue_timeout_runs(settings: Settings) -> None:
+def test_a_hash_that_a_hash_thread_takes_within_the_queue_timeout_runs(settings: Settings) -> None:
     hasher, _ = hasher_with(settings, concurrency=1, queue_timeout=30)
     held = HeldContext()
     hasher._context = held  # noqa: SLF001
@@ -127,12 +133,14 @@ def test_a_login_refused_for_a_full_hash_queue_is_503_and_counts_as_no_failure(m
     user = make_user()
     limit = client.app.state.settings.login_max_failures_per_username
     hasher: PasswordHasher = client.app.state.hasher
-    # The worker's only hash slot is taken while the client retries, more often than the failure limit.
-    assert hasher._slots.acquire(timeout=5)  # noqa: SLF001
+    # The worker's only hash thread is busy while the client retries, more often than the failure limit.
+    held = HeldContext()
+    hasher._hash_threads.submit(held.verify_and_update, "pw", "stored")  # noqa: SLF001
+    assert held.started.wait(10), "the hash thread never took the held work"
     try:
         refused = [login(client, user.username, user.password) for _ in range(limit + 1)]
     finally:
-        hasher._slots.release()  # noqa: SLF001
+        held.finish.set()
     for response in refused:
         assert response.status_code == 503, response.text
         assert response.json()["detail"]
