@@ -83,7 +83,7 @@ class BenchConfig:
     warmup_seconds: int = 2
     repeats: int = 3
     connections: int = 32
-    # Logins: more connections than threads and hash slots, so the hash queue is always full; and no more than
+    # Logins: more connections than request and hash threads, so the hash queue is always full; and no more than
     # one worker admits at once (PASSWORD_HASH_MAX_IN_FLIGHT, 32), even if every connection lands on it: past
     # that the service sheds logins with 503s, which is load shedding at work, not the ceiling measured here.
     storm_connections: int = 32
