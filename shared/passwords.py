@@ -55,7 +55,7 @@ class PasswordHasher:
         try:
             return queued.result(timeout=self._queue_timeout)
         except TimeoutError:
-            # Not started yet: withdrawn from the queue, it never runs. Started: it is finished and answered.
+            # Not started yet: withdrawn from the queue, it never runs. Started: it runs to the end, and answers.
             if queued.cancel():
                 raise PasswordHashingBusy from None
             return queued.result()
